@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Builds the local platform's upstream binaries once and caches them outside git, keyed by version.
+# Prints the bin directory on stdout. Safe to run concurrently with itself (a lock serialises builds).
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+
+KWOK_VERSION=v0.8.0
+REGISTRY_VERSION=v3.1.2
+HELM3_VERSION=v3.22.0
+HELM4_VERSION=v4.3.1
+KREW_VERSION=v0.4.3
+CRANE_VERSION=v0.22.1
+
+key=$( { cat "$here/go.mod" "$here/go.sum"; echo "$KWOK_VERSION $REGISTRY_VERSION $HELM3_VERSION $HELM4_VERSION $KREW_VERSION $CRANE_VERSION"; } | sha256sum | cut -c1-16)
+cache=${MLPLUGINS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/mlplugins-platform}
+bin=$cache/$key/bin
+if [ -f "$bin/.complete" ]; then echo "$bin"; exit 0; fi
+
+mkdir -p "$bin"
+exec 9>"$cache/$key.lock"
+flock 9
+if [ -f "$bin/.complete" ]; then echo "$bin"; exit 0; fi
+
+log() { printf '[tools] %s\n' "$*" >&2; }
+start=$(date +%s)
+export CGO_ENABLED=0
+# Upstream Kubernetes and etcd come from this module's tool directives (pinned in go.mod/go.sum).
+for t in kube-apiserver kube-controller-manager kube-scheduler; do
+  [ -x "$bin/$t" ] || { log "building $t"; (cd "$here" && go build -trimpath -o "$bin/$t" "k8s.io/kubernetes/cmd/$t"); }
+done
+[ -x "$bin/etcd" ] || { log "building etcd"; (cd "$here" && go build -trimpath -o "$bin/etcd" go.etcd.io/etcd/server/v3); }
+# The others have no replace directives: go install at an exact version, each in its own module graph.
+inst() { # name pkg@version
+  [ -x "$bin/$1" ] && return 0
+  log "installing $2"
+  tmp=$(mktemp -d); GOBIN=$tmp go install -trimpath "$2"; mv "$tmp/$(basename "${2%@*}")" "$bin/$1"; rm -rf "$tmp"
+}
+inst kwok sigs.k8s.io/kwok/cmd/kwok@$KWOK_VERSION
+inst registry github.com/distribution/distribution/v3/cmd/registry@$REGISTRY_VERSION
+inst helm helm.sh/helm/v3/cmd/helm@$HELM3_VERSION
+inst helm4 helm.sh/helm/v4/cmd/helm@$HELM4_VERSION
+inst krew sigs.k8s.io/krew/cmd/krew@$KREW_VERSION
+inst validate-krew-manifest sigs.k8s.io/krew/cmd/validate-krew-manifest@$KREW_VERSION
+inst crane github.com/google/go-containerregistry/cmd/crane@$CRANE_VERSION
+# kwok's stage and CRD files ship inside its module.
+moddir=$(go mod download -json sigs.k8s.io/kwok@$KWOK_VERSION | sed -n 's/.*"Dir": "\(.*\)",/\1/p')
+mkdir -p "$bin/../kwok"
+cp -r "$moddir/kustomize/stage" "$moddir/kustomize/crd" "$bin/../kwok/" && chmod -R u+w "$bin/../kwok"
+touch "$bin/.complete"
+log "built in $(( $(date +%s) - start ))s into $bin"
+echo "$bin"
