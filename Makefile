@@ -73,6 +73,10 @@ demo-down: ## Remove what the demo left and stop the platform
 bench: build tools ## Side-by-side benchmarks; writes docs/benchmarks.md
 	go test -tags bench -count=1 -v -timeout 60m ./test/bench/...
 
+.PHONY: dist
+dist: ## Release archives, SHA256SUMS and Krew manifests: make dist VERSION=vX.Y.Z [PLATFORMS=linux/amd64,...]
+	go run ./hack/dist -version $(VERSION) -out dist $(if $(PLATFORMS),-platforms $(PLATFORMS))
+
 .PHONY: clean
 clean: ## Remove build outputs (not the platform's cached binaries)
 	rm -rf $(BIN) dist
