@@ -65,7 +65,7 @@ func TestDistReproducibleAndInstallable(t *testing.T) {
 				t.Fatalf("validate-krew-manifest refused %s: %s%s", manifest, r.Stdout, r.Stderr)
 			}
 			root := t.TempDir()
-			cmd := env.Command("kubectl", "krew", "install", "--manifest="+manifest, "--archive="+filepath.Join(a, names["kubectl-"+plugin]))
+			cmd := env.Command(filepath.Join(env.PlatformBin, "krew"), "install", "--manifest="+manifest, "--archive="+filepath.Join(a, names["kubectl-"+plugin]))
 			cmd.Env = append(cmd.Env, "KREW_ROOT="+root, "PATH="+env.PlatformBin+":/usr/bin:/bin")
 			if out, err := cmd.CombinedOutput(); err != nil {
 				t.Fatalf("krew install: %v\n%s", err, out)
