@@ -14,7 +14,6 @@ import (
 	"io"
 	"os"
 	"path/filepath"
-
 )
 
 func main() {
