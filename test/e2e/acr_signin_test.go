@@ -373,6 +373,48 @@ func TestACRSignIn(t *testing.T) {
 		t.FailNow()
 	}
 
+	t.Run("azidentity workload identity credential", func(t *testing.T) {
+		// A projected service account token, as the AKS workload identity webhook mounts it.
+		saKey, err := rsa.GenerateKey(rand.Reader, 2048)
+		if err != nil {
+			t.Fatal(err)
+		}
+		assertion := func(aud string) string {
+			now := time.Now()
+			return forge(t, saKey, jwt.MapClaims{"iss": "https://kubernetes.default.svc", "sub": "system:serviceaccount:ml:trainer",
+				"aud": []string{aud}, "iat": now.Unix(), "nbf": now.Unix(), "exp": now.Add(time.Hour).Unix()}, map[string]any{"kid": "sa"})
+		}
+		getToken := func(aud string) (azcore.AccessToken, error) {
+			file := filepath.Join(t.TempDir(), "token")
+			if err := os.WriteFile(file, []byte(assertion(aud)), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			cred, err := azidentity.NewWorkloadIdentityCredential(&azidentity.WorkloadIdentityCredentialOptions{
+				ClientOptions: azcore.ClientOptions{Cloud: cloud.Configuration{ActiveDirectoryAuthorityHost: s.authority}, Transport: &recorder{client: s.client}},
+				ClientID:      s.clientID, TenantID: s.tenant, TokenFilePath: file, DisableInstanceDiscovery: true,
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			return cred.GetToken(ctx, policy.TokenRequestOptions{Scopes: []string{scopeACR}})
+		}
+		tok, err := getToken("api://AzureADTokenExchange")
+		if err != nil {
+			t.Fatalf("GetToken: %v", err)
+		}
+		if c := claimsOf(t, tok.Token); c["aud"] != "https://containerregistry.azure.net" || c["appidacr"] != "2" {
+			t.Errorf("claims = %v", c)
+		}
+		if a := s.exchange(t, tok.Token, s.tenant); a.status != http.StatusOK {
+			t.Errorf("exchange of a workload identity token: %d %s", a.status, a.raw)
+		}
+		if _, err := getToken("https://kubernetes.default.svc"); err == nil || !strings.Contains(err.Error(), "AADSTS700211") {
+			t.Errorf("GetToken with an assertion for another audience: %v", err)
+		}
+	})
+
 	t.Run("challenge", func(t *testing.T) {
 		a := s.registryGet(t, "/v2/", "")
 		want := fmt.Sprintf(`Bearer realm="https://%s/oauth2/token",service="%s"`, s.loginServer, s.loginServer)
