@@ -7,11 +7,13 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/base64"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"net/url"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -424,9 +426,7 @@ func TestParseScopes(t *testing.T) {
 
 func TestServeLifecycle(t *testing.T) {
 	dir := t.TempDir()
-	if err := PrepareCerts(dir); err != nil {
-		t.Fatal(err)
-	}
+	copyPrepared(t, dir)
 	if err := Serve(t.Context(), Config{Dir: dir}); err == nil || !strings.Contains(err.Error(), "missing") {
 		t.Errorf("Serve with an empty config: %v", err)
 	}
@@ -502,3 +502,45 @@ func portOf(addr string) string {
 	_, p, _ := net.SplitHostPort(addr)
 	return p
 }
+
+func TestLogsCarryNoSecrets(t *testing.T) {
+	var mu sync.Mutex
+	var logs strings.Builder
+	h := newHarness(t, nil)
+	h.cfg.Logf = func(format string, args ...any) {
+		mu.Lock()
+		defer mu.Unlock()
+		fmt.Fprintf(&logs, format+"\n", args...)
+	}
+	entraH, acrH, _, err := newHandlers(h.cfg, time.Now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.entra.Config.Handler = logRequests(h.cfg.Logf, "entra", entraH)
+	h.acr.Config.Handler = logRequests(h.cfg.Logf, "acr", acrH)
+
+	aad := h.entraToken(t, "https://containerregistry.azure.net/.default")
+	h.postForm(t, h.entraURL("/"+testTenant+"/oauth2/v2.0/token"), url.Values{"grant_type": {"client_credentials"}, "client_id": {testClient}, "client_secret": {testSecret + "x"}, "scope": {"https://containerregistry.azure.net/.default"}})
+	rt := h.exchange(t, aad).body["refresh_token"].(string)
+	h.exchange(t, aad[:len(aad)-4]+"AAAA")
+	req, _ := http.NewRequest(http.MethodGet, h.acrURL("/oauth2/token?scope=repository:a:pull&service=")+url.QueryEscape(h.cfg.ACRAddr), nil)
+	req.SetBasicAuth(NullGUIDUser, rt)
+	at := h.do(t, req).body["access_token"].(string)
+	req, _ = http.NewRequest(http.MethodGet, h.acrURL("/v2/a/tags/list"), nil)
+	req.Header.Set("Authorization", "Bearer "+at)
+	h.do(t, req)
+
+	mu.Lock()
+	defer mu.Unlock()
+	out := logs.String()
+	if !strings.Contains(out, "acr: POST /oauth2/exchange -> 401") || !strings.Contains(out, "entra: POST /"+testTenant+"/oauth2/v2.0/token -> 401") {
+		t.Errorf("requests not logged:\n%s", out)
+	}
+	for what, s := range map[string]string{"secret": testSecret, "entra token": sigOf(aad), "refresh token": sigOf(rt), "access token": sigOf(at)} {
+		if strings.Contains(out, s) {
+			t.Errorf("the log holds the %s:\n%s", what, out)
+		}
+	}
+}
+
+func sigOf(tok string) string { return tok[strings.LastIndex(tok, ".")+1:] }

@@ -4,10 +4,12 @@ import (
 	"crypto/rsa"
 	"crypto/tls"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"os"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -20,6 +22,42 @@ const (
 	testClient = "11111111-2222-3333-4444-555555555555"
 	testSecret = "s3cr3t-value"
 )
+
+// prepared is a directory PrepareCerts filled once: RSA key generation is slow on a shared machine.
+var prepared string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "azemu-test-")
+	if err == nil {
+		err = PrepareCerts(dir)
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "preparing certificates:", err)
+		os.Exit(1)
+	}
+	prepared = dir
+	code := m.Run()
+	_ = os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// copyPrepared copies the prepared certificates and keys into dir.
+func copyPrepared(t *testing.T, dir string) {
+	t.Helper()
+	entries, err := os.ReadDir(prepared)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range entries {
+		b, err := os.ReadFile(filepath.Join(prepared, e.Name()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, e.Name()), b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
 
 // harness runs both emulators on httptest TLS servers in front of a fake upstream registry.
 type harness struct {
@@ -37,9 +75,7 @@ type harness struct {
 func newHarness(t *testing.T, upstream http.Handler) *harness {
 	t.Helper()
 	h := &harness{dir: t.TempDir()}
-	if err := PrepareCerts(h.dir); err != nil {
-		t.Fatalf("PrepareCerts: %v", err)
-	}
+	copyPrepared(t, h.dir)
 	if upstream == nil {
 		upstream = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(http.StatusOK) })
 	}
