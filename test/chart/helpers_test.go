@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"sort"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -135,16 +136,8 @@ func diffLines(want, got string) string {
 			gl = g[i]
 		}
 		if wl != gl {
-			return "line " + itoa(i+1) + ":\n- " + wl + "\n+ " + gl
+			return "line " + strconv.Itoa(i+1) + ":\n- " + wl + "\n+ " + gl
 		}
 	}
 	return "(no line differs)"
-}
-
-func itoa(i int) string {
-	const digits = "0123456789"
-	if i < 10 {
-		return digits[i : i+1]
-	}
-	return itoa(i/10) + digits[i%10:i%10+1]
 }
