@@ -8,6 +8,12 @@
 // https://containerregistry.azure.net (or ARM's) is exchanged for an ACR refresh token, which is
 // exchanged for a registry access token scoped to repositories; the user name
 // 00000000-0000-0000-0000-000000000000 with a refresh token as password works for Basic sign-in.
+//
+// Clients set AZURE_AUTHORITY_HOST to https://<EntraAddr>/ with the address spelled as configured
+// (MSAL requires the discovery issuer's host to be the authority's) and disable instance discovery.
+// Entra errors carry Entra's status, error and AADSTS code: a wrong secret is 401 invalid_client
+// AADSTS7000215, an unknown client 400 unauthorized_client AADSTS700016, an unknown tenant 400
+// AADSTS90002. ACR errors are OCI error bodies ({"errors":[{"code":"UNAUTHORIZED",...}]}, 401).
 package azemu
 
 import (

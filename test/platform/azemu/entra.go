@@ -74,7 +74,7 @@ func (e *entra) handler() http.Handler {
 	mux.HandleFunc("POST /{tenant}/oauth2/v2.0/token", e.token)
 	mux.HandleFunc("/{tenant}/oauth2/v2.0/authorize", e.authorize)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
-		e.fail(w, http.StatusNotFound, "invalid_request", 900561, "The endpoint only accepts POST, OPTIONS requests. Received a "+r.Method+" request.")
+		e.fail(w, http.StatusNotFound, "invalid_request", 900561, fmt.Sprintf("The endpoint %s %s does not exist in the emulated tenant.", r.Method, r.URL.Path))
 	})
 	return mux
 }
