@@ -21,10 +21,10 @@ var Buckets = []float64{0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10}
 // Metrics holds the server's metrics and writes them in the text exposition format.
 type Metrics struct {
 	mu          sync.Mutex
-	requests    map[[3]string]uint64 // code, method, path
-	durations   map[[2]string]*histogram
-	predictions map[[3]string]uint64 // model, version, class
-	info        [2]string            // model, version; empty until a model loads
+	requests    map[[3]string]uint64     // code, method, path
+	durations   map[[3]string]*histogram // code, method, path
+	predictions map[[3]string]uint64     // model, version, class
+	info        [2]string                // model, version; empty until a model loads
 }
 
 type histogram struct {
@@ -37,7 +37,7 @@ type histogram struct {
 func NewMetrics() *Metrics {
 	return &Metrics{
 		requests:    map[[3]string]uint64{},
-		durations:   map[[2]string]*histogram{},
+		durations:   map[[3]string]*histogram{},
 		predictions: map[[3]string]uint64{},
 	}
 }
@@ -46,8 +46,8 @@ func NewMetrics() *Metrics {
 func (m *Metrics) ObserveRequest(method, path string, code int, d time.Duration) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	m.requests[[3]string{strconv.Itoa(code), method, path}]++
-	k := [2]string{method, path}
+	k := [3]string{strconv.Itoa(code), method, path}
+	m.requests[k]++
 	h := m.durations[k]
 	if h == nil {
 		h = &histogram{counts: make([]uint64, len(Buckets))}
@@ -86,17 +86,17 @@ func (m *Metrics) Write(w io.Writer) error {
 		series(b, "http_requests_total", labels("code", k[0], "method", k[1], "path", k[2]), float64(m.requests[k]))
 	}
 
-	header(b, "http_request_duration_seconds", "histogram", "HTTP request latency in seconds, by method and path.")
+	header(b, "http_request_duration_seconds", "histogram", "HTTP request latency in seconds, by status code, method and path.")
 	for _, k := range sortedKeys(m.durations) {
 		h := m.durations[k]
 		var cum uint64
 		for i, ub := range Buckets {
 			cum += h.counts[i]
-			series(b, "http_request_duration_seconds_bucket", labels("method", k[0], "path", k[1], "le", formatFloat(ub)), float64(cum))
+			series(b, "http_request_duration_seconds_bucket", labels("code", k[0], "method", k[1], "path", k[2], "le", formatFloat(ub)), float64(cum))
 		}
-		series(b, "http_request_duration_seconds_bucket", labels("method", k[0], "path", k[1], "le", "+Inf"), float64(h.count))
-		series(b, "http_request_duration_seconds_sum", labels("method", k[0], "path", k[1]), h.sum)
-		series(b, "http_request_duration_seconds_count", labels("method", k[0], "path", k[1]), float64(h.count))
+		series(b, "http_request_duration_seconds_bucket", labels("code", k[0], "method", k[1], "path", k[2], "le", "+Inf"), float64(h.count))
+		series(b, "http_request_duration_seconds_sum", labels("code", k[0], "method", k[1], "path", k[2]), h.sum)
+		series(b, "http_request_duration_seconds_count", labels("code", k[0], "method", k[1], "path", k[2]), float64(h.count))
 	}
 
 	header(b, "model_info", "gauge", "The served model: always 1, labelled with its name and version.")

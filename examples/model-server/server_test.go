@@ -222,13 +222,14 @@ func TestMetricsExposition(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := map[string]float64{
-		`http_requests_total{code="200",method="POST",path="/v1/models/mlapp:predict"}`:      2,
-		`http_requests_total{code="500",method="POST",path="/v1/models/mlapp:predict"}`:      2,
-		`http_requests_total{code="200",method="GET",path="/healthz"}`:                       1,
-		`http_requests_total{code="404",method="GET",path="other"}`:                          1,
-		`http_request_duration_seconds_count{method="POST",path="/v1/models/mlapp:predict"}`: 4,
-		`model_info{model="mlapp",version="v3"}`:                                             1,
-		`model_predictions_total{class="virginica",model="mlapp",version="v3"}`:              2,
+		`http_requests_total{code="200",method="POST",path="/v1/models/mlapp:predict"}`:                 2,
+		`http_requests_total{code="500",method="POST",path="/v1/models/mlapp:predict"}`:                 2,
+		`http_requests_total{code="200",method="GET",path="/healthz"}`:                                  1,
+		`http_requests_total{code="404",method="GET",path="other"}`:                                     1,
+		`http_request_duration_seconds_count{code="200",method="POST",path="/v1/models/mlapp:predict"}`: 2,
+		`http_request_duration_seconds_count{code="500",method="POST",path="/v1/models/mlapp:predict"}`: 2,
+		`model_info{model="mlapp",version="v3"}`:                                                        1,
+		`model_predictions_total{class="virginica",model="mlapp",version="v3"}`:                         2,
 	}
 	all := map[string]float64{}
 	for _, f := range fams {
