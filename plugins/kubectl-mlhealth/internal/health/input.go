@@ -31,19 +31,19 @@ const (
 // Kube is the live state read from the Kubernetes API. Nil slices of optional kinds mean "not read"
 // (for example nodes when listing them is forbidden).
 type Kube struct {
-	Deployments  []appsv1.Deployment
-	ReplicaSets  []appsv1.ReplicaSet
-	Pods         []corev1.Pod
-	HPAs         []autoscalingv2.HorizontalPodAutoscaler
-	PDBs         []policyv1.PodDisruptionBudget
-	PVCs         []corev1.PersistentVolumeClaim
-	Nodes        []corev1.Node
-	Events       []corev1.Event
-	NodesRead    bool
-	PDBsRead     bool
-	HPAsRead     bool
-	EventsRead   bool
-	PVCsRead     bool
+	Deployments []appsv1.Deployment
+	ReplicaSets []appsv1.ReplicaSet
+	Pods        []corev1.Pod
+	HPAs        []autoscalingv2.HorizontalPodAutoscaler
+	PDBs        []policyv1.PodDisruptionBudget
+	PVCs        []corev1.PersistentVolumeClaim
+	Nodes       []corev1.Node
+	Events      []corev1.Event
+	NodesRead   bool
+	PDBsRead    bool
+	HPAsRead    bool
+	EventsRead  bool
+	PVCsRead    bool
 }
 
 // Metric names the kinds of per-pod samples a metrics source supplies.
