@@ -1,0 +1,377 @@
+package acrpush
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+	"strings"
+	"sync"
+	"sync/atomic"
+
+	"github.com/google/go-containerregistry/pkg/authn"
+	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+)
+
+// Actions reported per artifact.
+const (
+	ActionPushed    = "pushed"
+	ActionSkipped   = "skipped"
+	ActionWouldPush = "would push"
+	ActionFailed    = "failed"
+	ActionNotPushed = "not pushed"
+)
+
+// Result is what Push did (or, for a dry run, would do). It is the view model of the table and
+// of -o json.
+type Result struct {
+	// Registry is the destination, REGISTRY[/PREFIX].
+	Registry string `json:"registry"`
+	// DryRun is true when nothing was written.
+	DryRun bool `json:"dryRun"`
+	// Chart is the chart artifact (nil with images only).
+	Chart *ChartResult `json:"chart,omitempty"`
+	// Images are the images, sorted by source.
+	Images []ImageResult `json:"images"`
+	// Transfer sums up the traffic to the destination.
+	Transfer Transfer `json:"transfer"`
+	// Overlay is a values overlay pointing the chart's image fields at the pushed digests.
+	Overlay map[string]any `json:"-"`
+	// Unmapped lists images the overlay could not point at the destination.
+	Unmapped []string `json:"-"`
+}
+
+// ChartResult describes the chart artifact.
+type ChartResult struct {
+	Name      string `json:"name"`
+	Version   string `json:"version"`
+	Source    string `json:"source"`
+	Reference string `json:"reference"`
+	Digest    string `json:"digest"`
+	Action    string `json:"action"`
+	Replaces  string `json:"replaces,omitempty"`
+	Bytes     int64  `json:"bytes"`
+}
+
+// ImageResult describes one image.
+type ImageResult struct {
+	Source    string   `json:"source"`
+	Target    string   `json:"target"`
+	Digest    string   `json:"digest"`
+	MediaType string   `json:"mediaType"`
+	Platforms []string `json:"platforms,omitempty"`
+	Action    string   `json:"action"`
+	Replaces  string   `json:"replaces,omitempty"`
+	// Size is the total size of the image's manifests and blobs.
+	Size int64 `json:"size"`
+	// Bytes is what this run uploaded for it (0 when skipped or mounted).
+	Bytes int64    `json:"bytes"`
+	Error string   `json:"error,omitempty"`
+	Where []string `json:"usedBy,omitempty"`
+}
+
+// Transfer counts requests to registries and blob traffic.
+type Transfer struct {
+	Requests    int64 `json:"requests"`
+	BlobUploads int64 `json:"blobUploads"`
+	BlobMounts  int64 `json:"blobMounts"`
+	BytesPushed int64 `json:"bytesPushed"`
+}
+
+// CopyError is returned when images failed to arrive; the chart was not pushed. Result still
+// lists what arrived.
+type CopyError struct {
+	Arrived, Failed []string
+	Err             error
+}
+
+func (e *CopyError) Error() string {
+	arrived := "none"
+	if len(e.Arrived) > 0 {
+		arrived = strings.Join(e.Arrived, ", ")
+	}
+	return fmt.Sprintf("copying images failed, chart not pushed (a rerun is safe): failed: %s; arrived: %s; %v",
+		strings.Join(e.Failed, ", "), arrived, e.Err)
+}
+
+func (e *CopyError) Unwrap() error { return e.Err }
+
+// Push pushes the chart at chartPath (a directory or .tgz) and every image it uses to dst. It
+// resolves and checks everything before writing anything, copies the images, and pushes the
+// chart last, only when every image arrived. With DryRun it stops after the checks.
+func Push(ctx context.Context, chartPath string, dst Destination, opts ...Option) (*Result, error) {
+	o := makeOptions(opts...)
+	if o.ChartOnly && o.ImagesOnly {
+		return nil, errors.New("--chart-only and --images-only cannot be used together")
+	}
+	log := &logger{w: o.Log}
+	res := &Result{Registry: dst.String(), DryRun: o.DryRun}
+
+	// 1. The chart loads and renders; its images are found.
+	c, err := LoadChart(chartPath, o.Version)
+	if err != nil {
+		return nil, err
+	}
+	vals, err := ReadValues(o.ValueFiles, o.SetValues)
+	if err != nil {
+		return nil, err
+	}
+	rendered, merged, err := c.Render(vals)
+	if err != nil {
+		return nil, err
+	}
+	var refs []*imageRef
+	where := map[string][]string{}
+	if !o.ChartOnly {
+		found, err := FindImages(rendered, c.Chart)
+		if err != nil {
+			return nil, err
+		}
+		for _, ref := range o.ExtraImages {
+			found = append(found, FoundImage{Ref: ref, Where: []string{"--image"}})
+		}
+		if refs, err = mapImages(found, dst, o, where); err != nil {
+			return nil, err
+		}
+		log.printf("chart %s %s uses %d images", c.Chart.Name(), c.Chart.Metadata.Version, len(refs))
+	}
+
+	// 2. Sign in, resolve every source image and check every target.
+	st := &stats{}
+	var rt = &retryTransport{inner: &countingTransport{inner: o.Transport, log: log, stats: st}, policy: o.Retry, log: log}
+	kc := &targetKeychain{registry: dst.Registry, auth: o.TargetAuth, next: o.Keychain}
+	ropts := []remote.Option{
+		remote.WithTransport(rt),
+		remote.WithAuthFromKeychain(kc),
+		remote.WithJobs(o.Jobs),
+		remote.WithUserAgent(o.UserAgent),
+		remote.WithRetryStatusCodes(),
+		// A whole blob upload is restarted more often than a single request is retried: a dropped
+		// connection half-way through a large blob cannot be resumed.
+		remote.WithRetryBackoff(remote.Backoff{Duration: o.Retry.Initial, Factor: 1.5, Jitter: 0.2, Steps: max(o.Retry.Attempts, 10)}),
+	}
+	puller, err := remote.NewPuller(ropts...)
+	if err != nil {
+		return nil, err
+	}
+	pusher, err := remote.NewPusher(ropts...)
+	if err != nil {
+		return nil, err
+	}
+	if o.TargetAuth != nil {
+		if _, err := authn.Authorization(ctx, o.TargetAuth); err != nil {
+			return nil, err
+		}
+	}
+
+	var chartArt *chartArtifact
+	var chartRef name.Reference
+	if !o.ImagesOnly {
+		if chartArt, err = newChartArtifact(c); err != nil {
+			return nil, fmt.Errorf("building the chart artifact: %w", err)
+		}
+		if chartRef, err = name.ParseReference(c.Ref(dst), nameOpts(o)...); err != nil {
+			return nil, fmt.Errorf("chart reference %q: %w", c.Ref(dst), err)
+		}
+		res.Chart = &ChartResult{Name: c.Chart.Name(), Version: c.Chart.Metadata.Version, Source: chartPath, Reference: chartRef.String(), Digest: chartArt.digest.String()}
+		existing, err := checkTarget(ctx, puller, chartRef)
+		if err != nil {
+			return nil, err
+		}
+		switch {
+		case existing == chartArt.digest.String():
+			res.Chart.Action = ActionSkipped
+		case existing != "" && !o.Force:
+			return nil, fmt.Errorf("chart %s already exists with digest %s, not %s (use --force to replace it)", chartRef, existing, chartArt.digest)
+		default:
+			res.Chart.Replaces = existing
+			res.Chart.Action = ActionWouldPush
+		}
+	}
+
+	images, err := plan(ctx, puller, refs, o)
+	if err != nil {
+		return nil, err
+	}
+	for _, img := range images {
+		img.where = where[img.ref.Source]
+	}
+	if o.DryRun {
+		res.Images = imageResults(images)
+		finish(res, st)
+		return res, nil
+	}
+
+	// 3. Copy the images that are not there yet.
+	var todo []*plannedImage
+	for _, img := range images {
+		if img.action == ActionWouldPush {
+			todo = append(todo, img)
+		}
+	}
+	if len(todo) > 0 {
+		bar := newProgressBar(o.Progress)
+		bar.start()
+		cp := &copier{puller: puller, pusher: pusher, jobs: o.Jobs, progress: bar, log: log}
+		cp.copy(ctx, todo)
+		bar.finish()
+	}
+	var failed, arrived []string
+	var errs []error
+	for _, img := range images {
+		switch {
+		case img.action == ActionSkipped:
+			arrived = append(arrived, img.ref.Target())
+		case img.arrived:
+			img.action = ActionPushed
+			arrived = append(arrived, img.ref.Target())
+		default:
+			img.action = ActionFailed
+			failed = append(failed, img.ref.Source)
+			if img.err == nil {
+				img.err = errors.New("not copied")
+			}
+			errs = append(errs, fmt.Errorf("%s: %w", img.ref.Source, img.err))
+		}
+	}
+	res.Images = imageResults(images)
+	if len(failed) > 0 {
+		if res.Chart != nil {
+			res.Chart.Action = ActionNotPushed
+		}
+		finish(res, st)
+		return res, &CopyError{Arrived: arrived, Failed: failed, Err: errors.Join(errs...)}
+	}
+
+	// 4. The chart, last.
+	if res.Chart != nil {
+		if res.Chart.Action == ActionWouldPush {
+			var n atomic.Int64
+			if err := chartArt.push(ctx, pusher, chartRef, func(k int64) { n.Add(k) }); err != nil {
+				res.Chart.Action = ActionFailed
+				finish(res, st)
+				return res, fmt.Errorf("pushing chart %s (every image arrived): %w", chartRef, registryError(dst.Registry, err))
+			}
+			res.Chart.Action = ActionPushed
+			res.Chart.Bytes = n.Load()
+		}
+	}
+	res.Overlay, res.Unmapped = buildOverlay(c, merged, res.Images)
+	finish(res, st)
+	return res, nil
+}
+
+func nameOpts(o *Options) []name.Option {
+	if o.PlainHTTP {
+		return []name.Option{name.Insecure}
+	}
+	return nil
+}
+
+func mapImages(found []FoundImage, dst Destination, o *Options, where map[string][]string) ([]*imageRef, error) {
+	var refs []*imageRef
+	seen := map[string]*imageRef{}
+	targets := map[string]string{}
+	var errs []error
+	for _, f := range found {
+		r, err := newImageRef(f.Ref, dst, nameOpts(o)...)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%w (used by %s)", err, strings.Join(f.Where, "; ")))
+			continue
+		}
+		if o.Exclude != nil && (o.Exclude.MatchString(f.Ref) || o.Exclude.MatchString(r.Source)) {
+			continue
+		}
+		where[r.Source] = append(where[r.Source], f.Where...)
+		if _, ok := seen[r.Source]; ok {
+			continue
+		}
+		if prev, ok := targets[r.Target()]; ok {
+			errs = append(errs, fmt.Errorf("images %s and %s would both be copied to %s", prev, r.Source, r.Target()))
+			continue
+		}
+		targets[r.Target()] = r.Source
+		seen[r.Source] = r
+		refs = append(refs, r)
+	}
+	sort.Slice(refs, func(i, j int) bool { return refs[i].Source < refs[j].Source })
+	return refs, errors.Join(errs...)
+}
+
+// plan resolves every source and checks every target in parallel; any missing source or
+// conflicting tag fails the whole run before anything is written.
+func plan(ctx context.Context, puller *remote.Puller, refs []*imageRef, o *Options) ([]*plannedImage, error) {
+	images := make([]*plannedImage, len(refs))
+	errs := make([]error, len(refs))
+	sem := make(chan struct{}, o.Jobs)
+	var wg sync.WaitGroup
+	for i, r := range refs {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			img, err := resolveImage(ctx, puller, r, o.Platforms)
+			if err != nil {
+				errs[i] = err
+				return
+			}
+			img.targetName = r.targetRef(img.digest.String())
+			existing, err := checkTarget(ctx, puller, img.targetName)
+			if err != nil {
+				errs[i] = err
+				return
+			}
+			img.existing = existing
+			switch {
+			case existing == img.digest.String():
+				img.action = ActionSkipped
+			case existing != "" && !o.Force:
+				errs[i] = fmt.Errorf("%s already exists with digest %s, not %s as in %s (use --force to replace it)", r.Target(), existing, img.digest, r.Source)
+			default:
+				img.action = ActionWouldPush
+			}
+			images[i] = img
+		}()
+	}
+	wg.Wait()
+	// A sign-in failure is the same for every image: report it once.
+	for _, err := range errs {
+		var se *SignInError
+		if errors.As(err, &se) {
+			return nil, se
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
+	}
+	return images, nil
+}
+
+func imageResults(images []*plannedImage) []ImageResult {
+	out := make([]ImageResult, 0, len(images))
+	for _, img := range images {
+		r := ImageResult{
+			Source: img.ref.Source, Target: img.ref.Target(), Digest: img.digest.String(), MediaType: string(img.mediaType),
+			Platforms: img.platforms, Action: img.action, Size: img.size, Bytes: img.uploaded.Load(), Where: img.where,
+		}
+		if img.existing != "" && img.existing != r.Digest {
+			r.Replaces = img.existing
+		}
+		if img.err != nil && img.action == ActionFailed {
+			r.Error = oneLine(img.err.Error())
+		}
+		out = append(out, r)
+	}
+	return out
+}
+
+func finish(res *Result, st *stats) {
+	res.Transfer = Transfer{Requests: st.requests.Load(), BlobUploads: st.blobUploads.Load(), BlobMounts: st.mounts.Load()}
+	for _, i := range res.Images {
+		res.Transfer.BytesPushed += i.Bytes
+	}
+	if res.Chart != nil {
+		res.Transfer.BytesPushed += res.Chart.Bytes
+	}
+}

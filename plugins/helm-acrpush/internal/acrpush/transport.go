@@ -1,0 +1,190 @@
+package acrpush
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+)
+
+// retryTransport retries a request that got 408, 429 or a 5xx, or whose connection failed, with
+// exponential backoff and jitter, waiting at least as long as the server's Retry-After. Requests
+// that append to a blob upload (PATCH) are not retried here, since a half-written chunk may already
+// be in the upload: the response is returned after the Retry-After wait and go-containerregistry
+// restarts the whole blob upload in a new session.
+type retryTransport struct {
+	inner  http.RoundTripper
+	policy RetryPolicy
+	log    *logger
+}
+
+func isRetryStatus(code int) bool {
+	switch code {
+	case http.StatusRequestTimeout, http.StatusTooManyRequests, http.StatusInternalServerError,
+		http.StatusBadGateway, http.StatusServiceUnavailable, http.StatusGatewayTimeout:
+		return true
+	}
+	return false
+}
+
+func isRetryError(err error) bool {
+	if err == nil || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+		return false
+	}
+	var nerr net.Error
+	return errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) || errors.Is(err, syscall.ECONNRESET) ||
+		errors.Is(err, syscall.EPIPE) || errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, net.ErrClosed) ||
+		(errors.As(err, &nerr) && nerr.Timeout())
+}
+
+// retryAfter parses a Retry-After header (seconds or an HTTP date).
+func retryAfter(h string, now time.Time) time.Duration {
+	if h == "" {
+		return 0
+	}
+	if s, err := strconv.Atoi(h); err == nil && s >= 0 {
+		return time.Duration(s) * time.Second
+	}
+	if t, err := http.ParseTime(h); err == nil {
+		return t.Sub(now)
+	}
+	return 0
+}
+
+func (t *retryTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	replayable := req.Method != http.MethodPatch && (req.Body == nil || req.Body == http.NoBody || req.GetBody != nil)
+	wait := t.policy.Initial
+	for attempt := 1; ; attempt++ {
+		if attempt > 1 && req.GetBody != nil {
+			body, err := req.GetBody()
+			if err != nil {
+				return nil, err
+			}
+			req.Body = body
+		}
+		resp, err := t.inner.RoundTrip(req)
+		retry := false
+		var delay time.Duration
+		switch {
+		case err != nil:
+			retry = isRetryError(err)
+		case isRetryStatus(resp.StatusCode):
+			retry = true
+			delay = retryAfter(resp.Header.Get("Retry-After"), time.Now())
+		}
+		if !retry || attempt >= t.policy.Attempts {
+			return resp, err
+		}
+		if delay < wait {
+			delay = wait + time.Duration(rand.Int64N(int64(wait)/4+1))
+		}
+		delay = min(delay, t.policy.Max)
+		what := ""
+		if err != nil {
+			what = err.Error()
+		} else {
+			what = resp.Status
+		}
+		if !replayable {
+			// The caller restarts the upload; honour the server's pause before handing back.
+			if resp != nil && resp.Header.Get("Retry-After") != "" {
+				t.log.printf("%s %s: %s, waiting %s before the upload is restarted", req.Method, redactURL(req), what, delay)
+				if err := sleep(req.Context(), delay); err != nil {
+					return resp, nil
+				}
+			}
+			return resp, err
+		}
+		if resp != nil {
+			_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
+			resp.Body.Close()
+		}
+		t.log.printf("%s %s: %s, retry %d/%d in %s", req.Method, redactURL(req), what, attempt, t.policy.Attempts-1, delay.Round(time.Millisecond))
+		if err := sleep(req.Context(), delay); err != nil {
+			return nil, err
+		}
+		wait *= 2
+	}
+}
+
+func sleep(ctx context.Context, d time.Duration) error {
+	timer := time.NewTimer(d)
+	defer timer.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-timer.C:
+		return nil
+	}
+}
+
+// redactURL is the request URL without its query: upload locations and token requests may carry
+// state in the query, and nothing secret belongs in a log.
+func redactURL(req *http.Request) string {
+	u := *req.URL
+	u.RawQuery = ""
+	u.User = nil
+	return u.String()
+}
+
+// logger writes debug lines when enabled. It never receives headers or bodies.
+type logger struct {
+	mu sync.Mutex
+	w  io.Writer
+}
+
+func (l *logger) printf(format string, args ...any) {
+	if l == nil || l.w == nil {
+		return
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	fmt.Fprintf(l.w, format+"\n", args...)
+}
+
+// stats counts requests by kind, for the report and the tests.
+type stats struct {
+	requests    atomic.Int64
+	blobUploads atomic.Int64 // upload sessions started (POST /blobs/uploads/ without a successful mount)
+	mounts      atomic.Int64
+	bytesOut    atomic.Int64
+}
+
+// countingTransport logs each request line and counts uploads.
+type countingTransport struct {
+	inner http.RoundTripper
+	log   *logger
+	stats *stats
+}
+
+func (t *countingTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	start := time.Now()
+	t.stats.requests.Add(1)
+	resp, err := t.inner.RoundTrip(req)
+	if err != nil {
+		t.log.printf("%s %s: %v", req.Method, redactURL(req), err)
+		return resp, err
+	}
+	if req.Method == http.MethodPost && isUploadPath(req.URL.Path) {
+		if resp.StatusCode == http.StatusCreated && req.URL.Query().Get("mount") != "" {
+			t.stats.mounts.Add(1)
+		} else if resp.StatusCode == http.StatusAccepted {
+			t.stats.blobUploads.Add(1)
+		}
+	}
+	t.log.printf("%s %s -> %d (%s)", req.Method, redactURL(req), resp.StatusCode, time.Since(start).Round(time.Millisecond))
+	return resp, nil
+}
+
+func isUploadPath(p string) bool {
+	const suffix = "/blobs/uploads/"
+	return len(p) >= len(suffix) && p[len(p)-len(suffix):] == suffix
+}
