@@ -42,7 +42,7 @@ func (t *bearerTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	token, err := t.get(req)
 	if err != nil {
 		if req.Body != nil {
-			req.Body.Close()
+			_ = req.Body.Close() // the RoundTripper contract: close the body even on error
 		}
 		return nil, err
 	}

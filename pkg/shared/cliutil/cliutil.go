@@ -97,7 +97,7 @@ func run(ctx context.Context, root *cobra.Command, args []string, errOut io.Writ
 	}
 	var ee *ExitError
 	if !errors.As(err, &ee) || ee.Err != nil {
-		fmt.Fprintf(errOut, "error: %v\n", err)
+		_, _ = fmt.Fprintf(errOut, "error: %v\n", err) // nowhere left to report a failed write
 	}
 	return ExitCode(err)
 }

@@ -298,8 +298,8 @@ func (c *Client) send(ctx context.Context, method, path string, form url.Values)
 
 // drain reads what is left of a response so the connection can be reused, then closes it.
 func drain(resp *http.Response) {
-	io.Copy(io.Discard, io.LimitReader(resp.Body, maxErrorBody))
-	resp.Body.Close()
+	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, maxErrorBody))
+	_ = resp.Body.Close()
 }
 
 // httpError describes a non-envelope error response, such as a proxy's HTML page.

@@ -159,10 +159,16 @@ func (o *VersionOptions) Run(_ context.Context) error {
 		return printers.PrintYAML(o.Out, o.Info)
 	}
 	tw := printers.NewTable(o.Out)
-	fmt.Fprintf(tw, "Version:\t%s\n", o.Info.Version)
-	fmt.Fprintf(tw, "Git commit:\t%s\n", o.Info.GitCommit)
-	fmt.Fprintf(tw, "Build date:\t%s\n", o.Info.BuildDate)
-	fmt.Fprintf(tw, "Go version:\t%s\n", o.Info.GoVersion)
-	fmt.Fprintf(tw, "Platform:\t%s\n", o.Info.Platform)
+	for _, row := range [][2]string{
+		{"Version:", o.Info.Version},
+		{"Git commit:", o.Info.GitCommit},
+		{"Build date:", o.Info.BuildDate},
+		{"Go version:", o.Info.GoVersion},
+		{"Platform:", o.Info.Platform},
+	} {
+		if _, err := fmt.Fprintf(tw, "%s\t%s\n", row[0], row[1]); err != nil {
+			return err
+		}
+	}
 	return tw.Flush()
 }
