@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"slices"
 	"net"
 	"os"
 	"os/exec"
@@ -44,9 +45,37 @@ func spawn(dir, name string, env []string, bin string, args ...string) (Componen
 	return c, nil
 }
 
-// stopAll sends SIGTERM to every live component's process group, waits up to grace, then SIGKILLs the rest.
-// It returns the names of components that survived SIGKILL.
+// stopTiers is the shutdown order: clients of the apiserver first (they stall when it vanishes under them),
+// then the apiserver, then etcd.
+var stopTiers = [][]string{{"kube-apiserver"}, {"etcd"}}
+
+// stopAll stops the components tier by tier (see stopTiers) and returns the names of those that survived SIGKILL.
 func stopAll(comps []Component, grace time.Duration) []string {
+	tiered := slices.Concat(stopTiers...)
+	tiers := [][]Component{nil}
+	for _, c := range comps {
+		if !slices.Contains(tiered, c.Name) {
+			tiers[0] = append(tiers[0], c)
+		}
+	}
+	for _, names := range stopTiers {
+		var tier []Component
+		for _, c := range comps {
+			if slices.Contains(names, c.Name) {
+				tier = append(tier, c)
+			}
+		}
+		tiers = append(tiers, tier)
+	}
+	var left []string
+	for _, tier := range tiers {
+		left = append(left, stopGroup(tier, grace)...)
+	}
+	return left
+}
+
+// stopGroup sends SIGTERM to every live component's process group, waits up to grace, then SIGKILLs the rest.
+func stopGroup(comps []Component, grace time.Duration) []string {
 	var live []Component
 	for _, c := range comps {
 		if c.alive() {

@@ -285,7 +285,7 @@ func bringUp(ctx context.Context, dir string, stderr io.Writer) (*State, error) 
 	if err := start("kwok", "http://"+st.KwokServer, tool("kwok"), "--kubeconfig="+kubeconfig, "--config="+stagesPath,
 		"--manage-all-nodes=false", "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
 		"--cidr=10.244.0.1/16", "--node-ip=127.0.0.1", "--node-port="+strconv.Itoa(pKwok),
-		"--server-address="+st.KwokServer, "--enable-crds=PortForward"); err != nil {
+		"--server-address="+st.KwokServer, "--enable-crds=PortForward", "--node-lease-duration-seconds=40"); err != nil {
 		return st, err
 	}
 	if err := createNodes(ctx, kc, nodes); err != nil {
