@@ -2,11 +2,11 @@ package main
 
 import (
 	"fmt"
-	"slices"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"syscall"
 	"time"
