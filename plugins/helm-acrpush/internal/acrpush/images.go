@@ -19,7 +19,7 @@ const ArtifactHubImagesAnnotation = "artifacthub.io/images"
 
 // podSpecPaths says where each workload kind keeps its pod spec.
 var podSpecPaths = map[string][]string{
-	"Pod":                   {},
+	"Pod":                   {"spec"},
 	"Deployment":            {"spec", "template", "spec"},
 	"StatefulSet":           {"spec", "template", "spec"},
 	"DaemonSet":             {"spec", "template", "spec"},
