@@ -8,10 +8,10 @@ import (
 	"strings"
 	"time"
 
+	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/types"
-	"github.com/google/go-containerregistry/pkg/name"
 	"helm.sh/helm/v3/pkg/chart"
 )
 
@@ -112,9 +112,9 @@ type staticLayer struct {
 	count func(int64)
 }
 
-func (l staticLayer) Digest() (v1.Hash, error)           { return l.b.desc.Digest, nil }
-func (l staticLayer) DiffID() (v1.Hash, error)           { return l.b.desc.Digest, nil }
-func (l staticLayer) Size() (int64, error)               { return l.b.desc.Size, nil }
+func (l staticLayer) Digest() (v1.Hash, error)            { return l.b.desc.Digest, nil }
+func (l staticLayer) DiffID() (v1.Hash, error)            { return l.b.desc.Digest, nil }
+func (l staticLayer) Size() (int64, error)                { return l.b.desc.Size, nil }
 func (l staticLayer) MediaType() (types.MediaType, error) { return l.b.desc.MediaType, nil }
 func (l staticLayer) Compressed() (io.ReadCloser, error) {
 	return &countingReader{rc: io.NopCloser(bytes.NewReader(l.b.data)), count: l.count}, nil

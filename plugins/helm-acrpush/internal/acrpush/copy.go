@@ -269,9 +269,11 @@ type sourceBlob struct {
 	count  func(int64)
 }
 
-func (b *sourceBlob) Digest() (v1.Hash, error)           { return b.desc.Digest, nil }
-func (b *sourceBlob) DiffID() (v1.Hash, error)           { return v1.Hash{}, errors.New("diff id is not needed to copy a blob") }
-func (b *sourceBlob) Size() (int64, error)               { return b.desc.Size, nil }
+func (b *sourceBlob) Digest() (v1.Hash, error) { return b.desc.Digest, nil }
+func (b *sourceBlob) DiffID() (v1.Hash, error) {
+	return v1.Hash{}, errors.New("diff id is not needed to copy a blob")
+}
+func (b *sourceBlob) Size() (int64, error)                { return b.desc.Size, nil }
 func (b *sourceBlob) MediaType() (types.MediaType, error) { return b.desc.MediaType, nil }
 func (b *sourceBlob) Uncompressed() (io.ReadCloser, error) {
 	return nil, errors.New("uncompressed contents are not needed to copy a blob")

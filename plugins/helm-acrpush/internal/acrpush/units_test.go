@@ -124,7 +124,7 @@ kind: ConfigMap
 metadata: {name: cm}
 data: {image: "not-an-image:1"}
 `,
-		"c/templates/NOTES.txt":   "image: nope",
+		"c/templates/NOTES.txt":    "image: nope",
 		"c/templates/_helpers.tpl": "",
 	}
 	ch := &chart.Chart{Metadata: &chart.Metadata{Name: "c", Annotations: map[string]string{ArtifactHubImagesAnnotation: "- name: x\n  image: annotated:1\n"}}}
