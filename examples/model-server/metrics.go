@@ -148,12 +148,12 @@ func formatFloat(v float64) string {
 	return strconv.FormatFloat(v, 'g', -1, 64)
 }
 
-func sortedKeys[K [2]string | [3]string, V any](m map[K]V) []K {
-	keys := make([]K, 0, len(m))
+func sortedKeys[V any](m map[[3]string]V) [][3]string {
+	keys := make([][3]string, 0, len(m))
 	for k := range m {
 		keys = append(keys, k)
 	}
-	slices.SortFunc(keys, func(a, b K) int {
+	slices.SortFunc(keys, func(a, b [3]string) int {
 		for i := range len(a) {
 			if c := strings.Compare(a[i], b[i]); c != 0 {
 				return c
