@@ -19,6 +19,7 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/empty"
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	"github.com/google/go-containerregistry/pkg/v1/partial"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
 	"github.com/google/go-containerregistry/pkg/v1/types"
@@ -240,7 +241,7 @@ func Assemble(version string, platforms []string, binaries map[string]string, ep
 			return nil, err
 		}
 		idx = mutate.AppendManifests(idx, mutate.IndexAddendum{
-			Add:        img,
+			Add:        plainImage{img},
 			Descriptor: v1.Descriptor{Platform: &v1.Platform{OS: p.OS, Architecture: p.Architecture, Variant: p.Variant}},
 		})
 	}
@@ -287,6 +288,21 @@ func image(p v1.Platform, version string, epoch time.Time, binLayer, modelLayer 
 		return nil, fmt.Errorf("setting config: %w", err)
 	}
 	return img, nil
+}
+
+// plainImage describes itself in an index without the artifactType go-containerregistry derives from
+// the config media type: it is a runnable image, not an artifact, and indexes built by Docker or ko
+// carry no artifactType for images either.
+type plainImage struct{ v1.Image }
+
+// Descriptor returns the image's descriptor without artifactType.
+func (p plainImage) Descriptor() (*v1.Descriptor, error) {
+	d, err := partial.Descriptor(p.Image)
+	if err != nil {
+		return nil, err
+	}
+	d.ArtifactType = ""
+	return d, nil
 }
 
 type entry struct {

@@ -76,6 +76,9 @@ func TestAssembleIsReproducibleAndShaped(t *testing.T) {
 		var plats []string
 		for _, d := range im.Manifests {
 			plats = append(plats, d.Platform.String())
+			if d.ArtifactType != "" || d.MediaType != types.OCIManifestSchema1 {
+				t.Errorf("%s: index entry %s has media type %s, artifactType %q", version, d.Platform, d.MediaType, d.ArtifactType)
+			}
 			img, err := a.Image(d.Digest)
 			if err != nil {
 				t.Fatal(err)
