@@ -57,9 +57,18 @@ func runUp(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	defer unlock()
 
+	nodes, err := wantedNodes()
+	if err != nil {
+		return err
+	}
 	if st, err := loadState(dir); err == nil {
 		if problems := checkHealth(ctx, dir, st); len(problems) == 0 {
-			fmt.Fprintf(stderr, "platform already up (%d components healthy); env: %s\n", len(st.Components), filepath.Join(dir, "env"))
+			if nodes > st.Nodes {
+				if err := growNodes(ctx, dir, st, nodes); err != nil {
+					return err
+				}
+			}
+			fmt.Fprintf(stderr, "platform already up (%d components healthy, %d nodes); env: %s\n", len(st.Components), st.Nodes, filepath.Join(dir, "env"))
 			fmt.Fprintln(stdout, filepath.Join(dir, "env"))
 			return nil
 		} else {
@@ -72,7 +81,7 @@ func runUp(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if err := wipe(dir); err != nil {
 		return err
 	}
-	st, err := bringUp(ctx, dir, stderr)
+	st, err := bringUp(ctx, dir, nodes, stderr)
 	if err != nil {
 		if st != nil {
 			stopAll(st.Components, 5*time.Second)
@@ -108,18 +117,10 @@ func wipe(dir string) error {
 }
 
 // bringUp starts every component. On error the returned state lists what was started, for cleanup.
-func bringUp(ctx context.Context, dir string, stderr io.Writer) (*State, error) {
+func bringUp(ctx context.Context, dir string, nodes int, stderr io.Writer) (*State, error) {
 	root := filepath.Dir(dir)
 	if r, err := findRoot(root); err == nil {
 		root = r
-	}
-	nodes := 3
-	if v := os.Getenv("PLATFORM_NODES"); v != "" {
-		n, err := strconv.Atoi(v)
-		if err != nil || n < 1 || n > 50 {
-			return nil, fmt.Errorf("PLATFORM_NODES=%q: want a number from 1 to 50", v)
-		}
-		nodes = n
 	}
 	toolsDir, err := buildTools(ctx, root, stderr)
 	if err != nil {
@@ -336,6 +337,55 @@ func bringUp(ctx context.Context, dir string, stderr io.Writer) (*State, error) 
 		}
 	}
 	return st, nil
+}
+
+// wantedNodes reads PLATFORM_NODES (default 3, at most 50).
+func wantedNodes() (int, error) {
+	v := os.Getenv("PLATFORM_NODES")
+	if v == "" {
+		return 3, nil
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil || n < 1 || n > 50 {
+		return 0, fmt.Errorf("PLATFORM_NODES=%q: want a number from 1 to 50", v)
+	}
+	return n, nil
+}
+
+// growNodes adds nodes to a running platform (it never removes any) and records the new count.
+func growNodes(ctx context.Context, dir string, st *State, n int) error {
+	kc, err := newKubeClient(st.APIServer, st.Token, st.CAFile)
+	if err != nil {
+		return err
+	}
+	if err := createNodes(ctx, kc, n); err != nil {
+		return err
+	}
+	if err := waitFor(ctx, 60*time.Second, "nodes Ready", func() error { return nodesReady(ctx, kc, n) }); err != nil {
+		return err
+	}
+	st.Nodes = n
+	if err := rewriteEnvVar(filepath.Join(dir, "env"), "PLATFORM_NODES", strconv.Itoa(n)); err != nil {
+		return err
+	}
+	return saveState(dir, st)
+}
+
+// rewriteEnvVar sets one export line of the env file.
+func rewriteEnvVar(path, name, value string) error {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return err
+	}
+	line := "export " + name + "=" + shellQuote(value)
+	var out []string
+	for _, l := range strings.Split(strings.TrimRight(string(b), "\n"), "\n") {
+		if !strings.HasPrefix(l, "export "+name+"=") {
+			out = append(out, l)
+		}
+	}
+	out = append(out, line)
+	return os.WriteFile(path, []byte(strings.Join(out, "\n")+"\n"), 0o600)
 }
 
 // buildTools runs tools.sh (a no-op once the binaries are cached) and returns the bin directory it prints.
@@ -593,6 +643,7 @@ func writeEnv(dir string, st *State, bundle, secret string) error {
 		{"AZURE_AUTHORITY_HOST", "https://" + st.Entra + "/"},
 		{"SSL_CERT_FILE", bundle},
 		{"PROMETHEUS_URL", st.Prometheus},
+		{"PLATFORM_NODES", strconv.Itoa(st.Nodes)},
 	}
 	var b strings.Builder
 	b.WriteString("# Written by `platform up`; source it: . .platform/env\n")
