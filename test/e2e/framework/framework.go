@@ -52,6 +52,7 @@ var (
 	setupEnv     *Env
 	setupErr     error
 	startedHere  bool
+	rootDir      string
 	platformDir  string
 	setupLogBuf  bytes.Buffer
 	clientsetMu  sync.Mutex
@@ -74,7 +75,7 @@ func Setup(t testing.TB) *Env {
 func Main(m *testing.M) int {
 	code := m.Run()
 	if startedHere && os.Getenv("PLATFORM_KEEP") == "" {
-		cmd := launcherCommand(setupEnv.Root, "down")
+		cmd := launcherCommand(rootDir, "down")
 		if out, err := cmd.CombinedOutput(); err != nil {
 			fmt.Fprintf(os.Stderr, "platform down: %v\n%s", err, out)
 			if code == 0 {
@@ -94,6 +95,7 @@ func setup() (*Env, error) {
 	if err != nil {
 		return nil, err
 	}
+	rootDir = root
 	platformDir = os.Getenv("PLATFORM_DIR")
 	if platformDir == "" {
 		platformDir = filepath.Join(root, ".platform")
