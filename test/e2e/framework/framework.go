@@ -230,7 +230,7 @@ func readEnvFile(path string) (map[string]string, error) {
 	return vars, nil
 }
 
-// unquoteShell undoes the launcher's single quoting ('it'\”s' -> it's).
+// unquoteShell undoes the launcher's POSIX single quoting of a value.
 func unquoteShell(s string) string {
 	var b strings.Builder
 	in := false
