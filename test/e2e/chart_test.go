@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/resource"
@@ -537,4 +538,60 @@ func chartRandom() string {
 	b := make([]byte, 3)
 	_, _ = rand.Read(b)
 	return hex.EncodeToString(b)
+}
+
+// TestChartServiceSelectsCanary checks the chart's side of the canary contract on a real cluster: a
+// canary made the way kubectl mlrollout makes it (the stable pod template, a new image, plus the label
+// rollouts.mlplugins.io/track=canary) is admitted in the restricted namespace, and the chart's Service
+// sends traffic to both tracks (its EndpointSlices hold stable and canary pods).
+func TestChartServiceSelectsCanary(t *testing.T) {
+	env := framework.Setup(t)
+	chart := chartForPlatform(t, env)
+	ns := chartRestrictedNamespace(t, env)
+	ctx := context.Background()
+	cs := env.Clientset(t)
+	const release = "cn"
+	minimal := filepath.Join(env.Root, "charts", "mlapp", "ci", "minimal-values.yaml")
+	if res := env.Helm(t, "install", release, chart, "-n", ns, "-f", minimal, "--set", "replicaCount=2", "--wait", "--timeout", "3m"); res.Code != 0 {
+		t.Fatalf("helm install: %s%s", res.Stdout, res.Stderr)
+	}
+	stable, err := cs.AppsV1().Deployments(ns).Get(ctx, "cn-mlapp", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	canary := stable.DeepCopy()
+	canary.ObjectMeta = metav1.ObjectMeta{Name: "cn-mlapp-canary", Namespace: ns, Labels: stable.Labels}
+	canary.Status = appsv1.DeploymentStatus{}
+	one := int32(1)
+	canary.Spec.Replicas = &one
+	canary.Spec.Selector = stable.Spec.Selector.DeepCopy()
+	canary.Spec.Selector.MatchLabels["rollouts.mlplugins.io/track"] = "canary"
+	canary.Spec.Template.Labels["rollouts.mlplugins.io/track"] = "canary"
+	canary.Spec.Template.Spec.Containers[0].Image = "contoso.azurecr.io/mlapp/model-server:2.0.0"
+	if _, err := cs.AppsV1().Deployments(ns).Create(ctx, canary, metav1.CreateOptions{}); err != nil {
+		t.Fatalf("create canary: %v", err)
+	}
+	framework.Eventually(t, 2*time.Minute, func() (bool, error) {
+		slices, err := cs.DiscoveryV1().EndpointSlices(ns).List(ctx, metav1.ListOptions{LabelSelector: "kubernetes.io/service-name=cn-mlapp"})
+		if err != nil {
+			return false, err
+		}
+		var stablePods, canaryPods int
+		for _, s := range slices.Items {
+			for _, e := range s.Endpoints {
+				if e.TargetRef == nil || e.Conditions.Ready == nil || !*e.Conditions.Ready {
+					continue
+				}
+				if strings.HasPrefix(e.TargetRef.Name, "cn-mlapp-canary-") {
+					canaryPods++
+				} else {
+					stablePods++
+				}
+			}
+		}
+		if stablePods != 2 || canaryPods != 1 {
+			return false, fmt.Errorf("service endpoints: %d stable, %d canary; want 2 and 1", stablePods, canaryPods)
+		}
+		return true, nil
+	})
 }
