@@ -68,6 +68,8 @@ type EntraAuth struct {
 	Client *http.Client
 	// PlainHTTP exchanges over http (local test registries only).
 	PlainHTTP bool
+	// Log receives one line per step (never a token).
+	Log io.Writer
 
 	mu      sync.Mutex
 	refresh string
@@ -102,6 +104,7 @@ func (a *EntraAuth) RefreshToken(ctx context.Context) (string, error) {
 	var firstErr error
 	for i, scope := range a.Scopes {
 		tok, err := a.Credential.GetToken(ctx, policy.TokenRequestOptions{Scopes: []string{scope}})
+		a.logf("Entra ID token for %s: %s", scope, errText(err, "ok"))
 		if err != nil {
 			if firstErr == nil {
 				firstErr = &SignInError{Registry: a.Registry, Step: StepEntraToken, Err: fmt.Errorf("requesting a token for %s: %s", scope, entraMessage(err)),
@@ -113,6 +116,7 @@ func (a *EntraAuth) RefreshToken(ctx context.Context) (string, error) {
 			continue
 		}
 		refresh, err := a.exchange(ctx, tok.Token)
+		a.logf("POST /oauth2/exchange at %s with the %s token: %s", a.Registry, scope, errText(err, "refresh token received"))
 		if err == nil {
 			a.refresh = refresh
 			a.expires = jwtExpiry(refresh, time.Now().Add(time.Hour))
@@ -130,6 +134,19 @@ func (a *EntraAuth) RefreshToken(ctx context.Context) (string, error) {
 		}
 	}
 	return "", firstErr
+}
+
+func (a *EntraAuth) logf(format string, args ...any) {
+	if a.Log != nil {
+		fmt.Fprintf(a.Log, format+"\n", args...)
+	}
+}
+
+func errText(err error, ok string) string {
+	if err != nil {
+		return oneLine(err.Error())
+	}
+	return ok
 }
 
 // refused reports whether the registry answered the exchange with 401/403, the case where the
