@@ -428,6 +428,7 @@ func (o *HealthOptions) collect(ctx context.Context) (health.Report, error) {
 	if o.AllNamespaces {
 		ns = ""
 	}
+	at := o.Now()
 	var wg sync.WaitGroup
 	var history *health.History
 	logSrc := health.Source{Name: "log-analytics", Status: health.SourceDisabled, Detail: "no --log-analytics-workspace"}
@@ -450,11 +451,12 @@ func (o *HealthOptions) collect(ctx context.Context) (health.Report, error) {
 			Namespace:      ns,
 			Since:          o.since,
 			RequestMetrics: requestMetrics(k, o.App, o.selector),
+			At:             at,
 		})
 	}
 	wg.Wait()
 	opts := health.Options{App: o.App, Selector: o.selector, SelectorText: o.Selector, Namespace: ns,
-		AllNamespaces: o.AllNamespaces, Since: o.since, Now: o.Now()}
+		AllNamespaces: o.AllNamespaces, Since: o.since, Now: at}
 	return health.Build(health.Input{Kube: k, Samples: samples, History: history,
 		Sources: []health.Source{kubeSrc, metricSrc, logSrc}}, opts), nil
 }

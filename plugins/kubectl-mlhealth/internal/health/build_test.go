@@ -161,7 +161,8 @@ func TestCanaryStateIsReadLoosely(t *testing.T) {
 		wantCheck  string
 	}{
 		{`{"currentStep":"1","steps":[10,50,100],"canaryWeight":10,"status":"Paused","lastCheck":"ok"}`, 1, 3, 10, "Paused", "ok"},
-		{`{"step":3,"totalSteps":4,"weight":"75","phase":"Progressing","lastCheck":{"result":"failed","message":"error ratio 3%"}}`, 3, 4, 75, "Progressing", "failed error ratio 3%"},
+		{`{"step":3,"totalSteps":4,"weight":"75","phase":"Progressing","lastCheck":{"result":"failed","message":"error ratio 3%"}}`, 3, 4, 75, "Progressing", "failed (error ratio 3%)"},
+		{`{"phase":"Paused","plan":{"steps":[{"weight":20},{"pause":true},{"weight":100}]},"step":1,"checks":[{"name":"p95","last":{"time":"2026-11-26T11:00:00Z","passed":false,"message":"slow"}}]}`, 2, 3, 20, "Paused", "p95 failed (slow) at 2026-11-26T11:00:00Z"},
 	}
 	for _, tt := range tests {
 		s, err := fixture.Load("metrics")

@@ -253,8 +253,9 @@ func compareCanary(stable, canary *appsv1.Deployment, sm, cm *Metrics) *Finding 
 	return nil
 }
 
-// canaryInfo reads the rollout state annotation loosely: it is written by `kubectl mlrollout`,
-// and only a few fields (step, weight, phase, last check) are shown.
+// canaryInfo reads the rollout state annotation loosely: it is written by `kubectl mlrollout`
+// (phase, plan.steps[].weight, a 0-based step, checks[].last), and only the step, weight, phase
+// and latest check are shown. Flat fields (weight, steps, lastCheck) are read too.
 func canaryInfo(stable, canary *appsv1.Deployment) Canary {
 	c := Canary{Name: canary.Name}
 	raw := stable.Annotations[AnnotationRolloutState]
@@ -266,35 +267,83 @@ func canaryInfo(stable, canary *appsv1.Deployment) Canary {
 		c.Phase = "unreadable state annotation"
 		return c
 	}
-	if v, ok := number(state, "step", "currentStep", "stepIndex"); ok {
-		c.Step = intPtr(int(v))
-	}
-	if v, ok := number(state, "steps", "totalSteps"); ok {
-		c.Steps = intPtr(int(v))
-	} else if plan, ok := state["plan"].(map[string]any); ok {
-		if steps, ok := plan["steps"].([]any); ok {
-			c.Steps = intPtr(len(steps))
-		}
+	var planSteps []any
+	if plan, ok := state["plan"].(map[string]any); ok {
+		planSteps, _ = plan["steps"].([]any)
 	} else if steps, ok := state["steps"].([]any); ok {
-		c.Steps = intPtr(len(steps))
+		planSteps = steps
+	}
+	if v, ok := number(state, "step", "currentStep", "stepIndex"); ok {
+		step := int(v)
+		if _, zeroBased := state["plan"]; zeroBased && len(planSteps) > 0 {
+			// mlrollout counts steps from 0 and shows step+1 of len(plan.steps).
+			step = min(step+1, len(planSteps))
+		}
+		c.Step = intPtr(step)
+	}
+	if v, ok := number(state, "totalSteps", "steps"); ok {
+		c.Steps = intPtr(int(v))
+	} else if len(planSteps) > 0 {
+		c.Steps = intPtr(len(planSteps))
 	}
 	if v, ok := number(state, "weight", "canaryWeight", "currentWeight"); ok {
 		c.Weight = &v
+	} else if c.Step != nil && len(planSteps) > 0 {
+		// The weight of the current step, or of the last step before it that sets one (pauses do not).
+		for i := min(*c.Step, len(planSteps)) - 1; i >= 0; i-- {
+			if st, ok := planSteps[i].(map[string]any); ok {
+				if w, ok := number(st, "weight"); ok {
+					c.Weight = &w
+					break
+				}
+			}
+		}
 	}
 	c.Phase = text(state, "phase", "status", "state")
 	switch lc := firstOf(state, "lastCheck", "check", "lastCheckResult").(type) {
 	case string:
 		c.LastCheck = lc
 	case map[string]any:
-		parts := []string{}
-		for _, k := range []string{"name", "result", "status", "passed", "message", "at", "time"} {
-			if v, ok := lc[k]; ok && v != nil {
-				parts = append(parts, fmt.Sprintf("%v", v))
+		c.LastCheck = describeCheck(lc)
+	}
+	if checks, ok := state["checks"].([]any); ok && c.LastCheck == "" {
+		latest := ""
+		for _, x := range checks {
+			ch, ok := x.(map[string]any)
+			if !ok {
+				continue
+			}
+			last, ok := ch["last"].(map[string]any)
+			if !ok {
+				continue
+			}
+			at := text(last, "time", "at")
+			if at >= latest {
+				latest = at
+				last["name"] = ch["name"]
+				c.LastCheck = describeCheck(last)
 			}
 		}
-		c.LastCheck = joinNonEmpty(parts)
 	}
 	return c
+}
+
+// describeCheck renders a check result such as {"name","passed","message","time"} in one line.
+func describeCheck(m map[string]any) string {
+	parts := []string{text(m, "name")}
+	switch v := firstOf(m, "passed", "result", "status").(type) {
+	case bool:
+		parts = append(parts, map[bool]string{true: "passed", false: "failed"}[v])
+	case string:
+		parts = append(parts, v)
+	}
+	if msg := text(m, "message"); msg != "" {
+		parts = append(parts, "("+msg+")")
+	}
+	if at := text(m, "time", "at"); at != "" {
+		parts = append(parts, "at "+at)
+	}
+	return joinNonEmpty(parts)
 }
 
 func firstOf(m map[string]any, keys ...string) any {

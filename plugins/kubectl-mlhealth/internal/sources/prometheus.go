@@ -68,6 +68,9 @@ type MetricsQuery struct {
 	Since     time.Duration
 	// RequestMetrics are the request-duration histogram names (without _count/_bucket).
 	RequestMetrics []string
+	// At is the evaluation time of every query (the report's generatedAt), so that one report's
+	// numbers come from one instant and can be reproduced; zero means the server's time.
+	At time.Time
 }
 
 // Query is one PromQL query and the kind of samples it yields.
@@ -140,7 +143,7 @@ func (p *Prometheus) Collect(ctx context.Context, q MetricsQuery) (health.Sample
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			vec, w, err := p.Client.Query(ctx, query.PromQL, time.Time{})
+			vec, w, err := p.Client.Query(ctx, query.PromQL, q.At)
 			mu.Lock()
 			defer mu.Unlock()
 			for _, x := range w {
