@@ -37,7 +37,7 @@ func NewServer(name, metricsPath string) *Server {
 	s.mux.HandleFunc("GET /readyz", s.readyz)
 	s.mux.HandleFunc("GET "+metricsPath, s.serveMetrics)
 	s.mux.HandleFunc("GET /v1/models", s.list)
-	s.mux.HandleFunc("/v1/models/{target}", s.model1)
+	s.mux.HandleFunc("/v1/models/{target}", s.modelEndpoint)
 	return s
 }
 
@@ -115,8 +115,8 @@ func (s *Server) list(w http.ResponseWriter, _ *http.Request) {
 	writeJSON(w, http.StatusOK, map[string][]string{"models": {s.name}})
 }
 
-// model1 answers GET /v1/models/<name> (model readiness) and POST /v1/models/<name>:predict.
-func (s *Server) model1(w http.ResponseWriter, r *http.Request) {
+// modelEndpoint answers GET /v1/models/<name> (model readiness) and POST /v1/models/<name>:predict.
+func (s *Server) modelEndpoint(w http.ResponseWriter, r *http.Request) {
 	target := r.PathValue("target")
 	name, verb, hasVerb := strings.Cut(target, ":")
 	if name != s.name {
