@@ -9,6 +9,7 @@ import (
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
 	policyv1 "k8s.io/api/policy/v1"
 	"sigs.k8s.io/yaml"
 )
@@ -285,4 +286,53 @@ func keys(m map[string]map[string]any) []string {
 		out = append(out, k)
 	}
 	return out
+}
+
+// TestPodMonitorGroup checks both PodMonitor API groups, and that NOTES warn when AKS would not read it.
+func TestPodMonitorGroup(t *testing.T) {
+	c := loadChart(t)
+	for group, warn := range map[string]bool{"azmonitoring.coreos.com": false, "monitoring.coreos.com": true} {
+		out, err := renderValues(t, c, map[string]any{"metrics": map[string]any{"podMonitor": map[string]any{"enabled": true, "apiGroup": group}}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !strings.HasPrefix(out["mlapp/templates/podmonitor.yaml"], "apiVersion: "+group+"/v1\nkind: PodMonitor\n") {
+			t.Errorf("PodMonitor for %s:\n%s", group, out["mlapp/templates/podmonitor.yaml"])
+		}
+		if got := strings.Contains(out["mlapp/templates/NOTES.txt"], "only reads PodMonitors of group azmonitoring.coreos.com"); got != warn {
+			t.Errorf("group %s: NOTES warning shown=%v, want %v", group, got, warn)
+		}
+	}
+}
+
+// TestNetworkPolicyAdmitsAzureMonitor checks the NetworkPolicy's peers: the release namespace, the
+// allowed namespaces and the Azure Monitor metrics agent pods.
+func TestNetworkPolicyAdmitsAzureMonitor(t *testing.T) {
+	out, err := renderValues(t, loadChart(t), map[string]any{"networkPolicy": map[string]any{"enabled": true, "allowedNamespaces": []any{"app-routing-system"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var np networkingv1.NetworkPolicy
+	if err := yaml.UnmarshalStrict([]byte(out["mlapp/templates/networkpolicy.yaml"]), &np); err != nil {
+		t.Fatal(err)
+	}
+	var peers []string
+	for _, rule := range np.Spec.Ingress {
+		for _, p := range rule.From {
+			b, _ := yaml.Marshal(p)
+			peers = append(peers, strings.ReplaceAll(string(b), "\n", " "))
+		}
+		if len(rule.Ports) != 1 || rule.Ports[0].Port.String() != "http" {
+			t.Errorf("rule ports %v, want only http", rule.Ports)
+		}
+	}
+	joined := strings.Join(peers, "\n")
+	for _, w := range []string{"podSelector: {}", "- app-routing-system", "rsName: ama-metrics", "dsName: ama-metrics-node", "kubernetes.io/metadata.name: kube-system"} {
+		if !strings.Contains(joined, w) {
+			t.Errorf("NetworkPolicy peers lack %q:\n%s", w, joined)
+		}
+	}
+	if len(np.Spec.PolicyTypes) != 1 || np.Spec.PolicyTypes[0] != networkingv1.PolicyTypeIngress {
+		t.Errorf("policyTypes %v", np.Spec.PolicyTypes)
+	}
 }
