@@ -296,7 +296,7 @@ func TestPodMonitorGroup(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if !strings.HasPrefix(out["mlapp/templates/podmonitor.yaml"], "apiVersion: "+group+"/v1\nkind: PodMonitor\n") {
+		if !strings.HasPrefix(strings.TrimSpace(out["mlapp/templates/podmonitor.yaml"]), "apiVersion: "+group+"/v1\nkind: PodMonitor\n") {
 			t.Errorf("PodMonitor for %s:\n%s", group, out["mlapp/templates/podmonitor.yaml"])
 		}
 		if got := strings.Contains(out["mlapp/templates/NOTES.txt"], "only reads PodMonitors of group azmonitoring.coreos.com"); got != warn {
