@@ -166,6 +166,17 @@ func TestPlatformPortForwardRoutes(t *testing.T) {
 			}
 		}
 	}
+	// The route drops the forwards of pods that go away.
+	if res := env.Kubectl(t, "scale", "deployment/model-canary", "-n", ns, "--replicas=0"); res.Code != 0 {
+		t.Fatalf("scale: %s", res.Stderr)
+	}
+	framework.Eventually(t, 30*time.Second, func() (bool, error) {
+		res := env.Kubectl(t, "get", "portforwards.kwok.x-k8s.io", "-n", ns, "-o", "name")
+		if n := len(strings.Fields(res.Stdout)); res.Code != 0 || n != 2 {
+			return false, fmt.Errorf("%d portforwards, want 2 (exit %d %s)", n, res.Code, res.Stderr)
+		}
+		return true, nil
+	})
 }
 
 var forwardingRE = regexp.MustCompile(`Forwarding from 127\.0\.0\.1:(\d+) ->`)
