@@ -118,9 +118,13 @@ func wipe(dir string) error {
 
 // bringUp starts every component. On error the returned state lists what was started, for cleanup.
 func bringUp(ctx context.Context, dir string, nodes int, stderr io.Writer) (*State, error) {
-	root := filepath.Dir(dir)
-	if r, err := findRoot(root); err == nil {
-		root = r
+	// The repository (for tools.sh): above the state directory, else above the working directory.
+	root, err := findRoot(filepath.Dir(dir))
+	if err != nil {
+		wd, _ := os.Getwd()
+		if root, err = findRoot(wd); err != nil {
+			return nil, err
+		}
 	}
 	toolsDir, err := buildTools(ctx, root, stderr)
 	if err != nil {
