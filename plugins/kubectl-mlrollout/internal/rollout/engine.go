@@ -291,8 +291,9 @@ func (e *Engine) interrupted(ctx context.Context) (*RunResult, error) {
 		where = fmt.Sprintf(" at step %d/%d", min(st.Step+1, len(st.Plan.Steps)), len(st.Plan.Steps))
 	}
 	if errors.Is(context.Cause(ctx), ErrTimeout) {
-		return &RunResult{Outcome: OutcomeTimedOut, State: st, StepsRun: e.steps,
-			Message: fmt.Sprintf("timed out%s; the rollout is left as it is: run `kubectl mlrollout resume %s` or `abort %s`", where, e.Name, e.Name)}, nil
+		msg := fmt.Sprintf("timed out%s; the rollout is left as it is: run `kubectl mlrollout resume %s` or `abort %s`", where, e.Name, e.Name)
+		e.logf("%s", msg)
+		return &RunResult{Outcome: OutcomeTimedOut, State: st, StepsRun: e.steps, Message: msg}, nil
 	}
 	return nil, fmt.Errorf("interrupted%s; the rollout is left as it is: run `kubectl mlrollout resume %s` or `abort %s`", where, e.Name, e.Name)
 }
@@ -384,6 +385,7 @@ func (e *Engine) reconcile(ctx context.Context) (*RunResult, time.Time, error) {
 				return nil, time.Time{}, err
 			}
 		}
+		e.logf("%s", st.Message)
 		return &RunResult{Outcome: OutcomePaused, Message: st.Message, State: st}, time.Time{}, nil
 	case PhaseRollingBack, PhaseAborting:
 		res, err := e.finishAbort(ctx, d, st)

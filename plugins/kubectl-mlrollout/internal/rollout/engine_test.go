@@ -364,18 +364,19 @@ func TestRollbackOnFailedCheck(t *testing.T) {
 	tests := []struct {
 		name   string
 		image  string
-		query  constQuery
+		v      float64
+		qerr   error
 		reason string
 	}{
-		{name: "prometheus above max", image: "mlapp:v2", query: constQuery{v: 3}, reason: "check errors failed at step 1/2: 3 > max 0.5"},
-		{name: "prometheus error", image: "mlapp:v2", query: constQuery{err: errors.New("bad_data: parse error")}, reason: "failed measurement: bad_data: parse error"},
+		{name: "prometheus above max", image: "mlapp:v2", v: 3, reason: "check errors failed at step 1/2: 3 > max 0.5"},
+		{name: "prometheus error", image: "mlapp:v2", qerr: errors.New("bad_data: parse error"), reason: "failed measurement: bad_data: parse error"},
 		{name: "not ready", image: "mlapp:v2-notready", reason: "check canary-ready failed at step 1/2: 0 of 1 canary pods Ready after 2s (progressDeadlineSeconds)"},
 		{name: "crashloop", image: "mlapp:v2-crashloop", reason: `check canary-containers failed at step 1/2: container "model" of pod "mlapp-canary-pod-0" is in CrashLoopBackOff`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			h := newHarness(t)
-			h.q.v, h.q.err = tt.query.v, tt.query.err
+			h.q.v, h.q.err = tt.v, tt.qerr
 			h.start(StartSpec{Images: map[string]string{"model": tt.image}, Plan: mustPlan(t, "10", 0, promCheck("errors", 0.5))}, "me")
 			res, err := h.run(h.engine("me"), 20*time.Second)
 			if err != nil {
