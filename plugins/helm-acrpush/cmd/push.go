@@ -1,6 +1,7 @@
 package cmd
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -234,15 +235,23 @@ func (o *PushOptions) Validate() error {
 }
 
 // Run pushes and prints the result on Out; talk goes to ErrOut.
-func (o *PushOptions) Run(ctx context.Context) error {
+func (o *PushOptions) Run(ctx context.Context) (err error) {
 	if o.Timeout > 0 {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, o.Timeout)
 		defer cancel()
 	}
-	// Helm's chart libraries report warnings through the standard logger.
+	// Helm's chart libraries report warnings through the standard logger: show them after a
+	// success (or with --debug), not as extra lines around a failure.
+	var warnings bytes.Buffer
 	log.SetFlags(0)
-	log.SetOutput(o.ErrOut)
+	log.SetOutput(&warnings)
+	defer log.SetOutput(os.Stderr)
+	defer func() {
+		if warnings.Len() > 0 && (o.Debug || err == nil) {
+			_, _ = o.ErrOut.Write(warnings.Bytes())
+		}
+	}()
 
 	base := o.Transport
 	if base == nil {

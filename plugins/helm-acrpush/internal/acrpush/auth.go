@@ -122,12 +122,13 @@ func (a *EntraAuth) RefreshToken(ctx context.Context) (string, error) {
 			a.expires = jwtExpiry(refresh, time.Now().Add(time.Hour))
 			return refresh, nil
 		}
-		var se *SignInError
-		if errors.As(err, &se) && se.Step == StepExchange && i > 0 {
-			se.Hint = "the registry also refused the ARM-audience token; check the identity's AcrPush role (Container Registry Repository Writer on ABAC-enabled registries) and the registry's authentication-as-arm setting"
-		}
 		if firstErr == nil {
 			firstErr = err
+		} else if i > 0 && refused(err) {
+			var se *SignInError
+			if errors.As(firstErr, &se) && se.Step == StepExchange {
+				se.Hint += "; the fallback ARM-audience token was refused too (check the registry's authentication-as-arm setting)"
+			}
 		}
 		if !refused(err) {
 			break
@@ -254,7 +255,7 @@ func entraMessage(err error) string {
 	first, _, _ := strings.Cut(msg, "\n")
 	var re *azcore.ResponseError
 	if errors.As(err, &re) && re.RawResponse != nil {
-		first = fmt.Sprintf("%s (HTTP %d)", strings.TrimSpace(first), re.StatusCode)
+		first = fmt.Sprintf("%s (HTTP %d)", strings.TrimSuffix(strings.TrimSpace(first), "."), re.StatusCode)
 	}
 	if i := strings.Index(msg, `"error_description"`); i >= 0 {
 		var d struct {
@@ -264,7 +265,8 @@ func entraMessage(err error) string {
 		if j := strings.LastIndex(msg[:i], "{"); j >= 0 {
 			if k := strings.Index(msg[i:], "}"); k >= 0 && json.Unmarshal([]byte(msg[j:i+k+1]), &d) == nil {
 				desc, _, _ := strings.Cut(d.D, "\n")
-				first += ": " + strings.TrimSpace(d.E+" "+strings.TrimSpace(desc))
+				desc, _, _ = strings.Cut(desc, "Trace ID:")
+				first = strings.TrimSuffix(strings.TrimSpace(first), ".") + ": " + strings.TrimSpace(d.E+" "+strings.TrimSpace(desc))
 			}
 		}
 	}
