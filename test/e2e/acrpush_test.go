@@ -304,7 +304,7 @@ func writeShopChart(t *testing.T, im apImages, srcHost, ns string) string {
 	t.Helper()
 	dir := filepath.Join(t.TempDir(), "shop")
 	files := map[string]string{
-		"Chart.yaml": "apiVersion: v2\nname: shop\nversion: 0.3.0\nappVersion: \"1.0\"\nannotations:\n  artifacthub.io/images: |\n    - name: worker\n      image: " + im.worker + "\n",
+		"Chart.yaml":  "apiVersion: v2\nname: shop\nversion: 0.3.0\nappVersion: \"1.0\"\nannotations:\n  artifacthub.io/images: |\n    - name: worker\n      image: " + im.worker + "\n",
 		"values.yaml": "web:\n  image:\n    registry: " + srcHost + "\n    repository: " + ns + "/web\n    tag: \"1.0\"\napi:\n  image: " + im.api + "\n",
 		"templates/web.yaml": `apiVersion: apps/v1
 kind: Deployment
@@ -645,4 +645,3 @@ func apForwarder(t *testing.T, target string) string {
 	}()
 	return ln.Addr().String()
 }
-
