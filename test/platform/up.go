@@ -274,8 +274,8 @@ func bringUp(ctx context.Context, dir string, nodes int, stderr io.Writer) (*Sta
 	if err := installCRDs(ctx, kc, toolsDir); err != nil {
 		return st, err
 	}
-	stagesPath := filepath.Join(dir, "kwok", "stages.yaml")
-	if err := os.WriteFile(stagesPath, stagesYAML, 0o644); err != nil {
+	stagesPath, err := kwokConfig(filepath.Join(dir, "kwok"))
+	if err != nil {
 		return st, err
 	}
 	if err := start("kube-controller-manager", "", tool("kube-controller-manager"),
@@ -341,6 +341,31 @@ func bringUp(ctx context.Context, dir string, nodes int, stderr io.Writer) (*Sta
 		}
 	}
 	return st, nil
+}
+
+// kwokConfig writes kwok's --config: the stages plus a ClusterLogs rule so that `kubectl logs` (and
+// `--previous`) of any pod answers with a fixed text instead of an error.
+func kwokConfig(dir string) (string, error) {
+	current, previous := filepath.Join(dir, "container.log"), filepath.Join(dir, "previous.log")
+	if err := os.WriteFile(current, criLog("container started (simulated by the mlplugins local platform)"), 0o644); err != nil {
+		return "", err
+	}
+	if err := os.WriteFile(previous, criLog("container exited (simulated by the mlplugins local platform)"), 0o644); err != nil {
+		return "", err
+	}
+	logs := fmt.Sprintf(`---
+apiVersion: kwok.x-k8s.io/v1alpha1
+kind: ClusterLogs
+metadata:
+  name: all-pods
+spec:
+  logs:
+  - logsFile: %q
+    previousLogsFile: %q
+    follow: false
+`, current, previous)
+	path := filepath.Join(dir, "config.yaml")
+	return path, os.WriteFile(path, append(append([]byte{}, stagesYAML...), logs...), 0o644)
 }
 
 // wantedNodes reads PLATFORM_NODES (default 3, at most 50).
@@ -702,4 +727,9 @@ func httpOK(ctx context.Context, hc *http.Client, url string, extra []int) error
 		}
 	}
 	return fmt.Errorf("GET %s: status %d", url, resp.StatusCode)
+}
+
+// criLog formats one line the way the CRI writes container logs, which is what kwok serves.
+func criLog(msg string) []byte {
+	return []byte(time.Now().UTC().Format(time.RFC3339Nano) + " stdout F " + msg + "\n")
 }
