@@ -171,6 +171,9 @@ func (p *Prometheus) Collect(ctx context.Context, q MetricsQuery) (health.Sample
 		sort.Strings(errs)
 		src.Status = health.SourceError
 		src.Error = summarizeErrors(errs, len(qs))
+		if len(samples) == 0 {
+			return nil, src
+		}
 	}
 	return samples, src
 }
