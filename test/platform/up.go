@@ -61,8 +61,10 @@ func runUp(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	old := pidFileComponents(dir) // also covers an up that was killed before it wrote state.json
 	if st, err := loadState(dir); err == nil {
-		if problems := checkHealth(ctx, dir, st); len(problems) == 0 {
+		problems := checkHealth(ctx, dir, st)
+		if len(problems) == 0 {
 			if nodes > st.Nodes {
 				if err := growNodes(ctx, dir, st, nodes); err != nil {
 					return err
@@ -71,12 +73,12 @@ func runUp(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			fmt.Fprintf(stderr, "platform already up (%d components healthy, %d nodes); env: %s\n", len(st.Components), st.Nodes, filepath.Join(dir, "env"))
 			fmt.Fprintln(stdout, filepath.Join(dir, "env"))
 			return nil
-		} else {
-			fmt.Fprintf(stderr, "platform state found but unhealthy (%s); restarting it\n", strings.Join(problems, "; "))
-			if left := stopAll(st.Components, 10*time.Second); len(left) > 0 {
-				return fmt.Errorf("could not stop old components: %s", strings.Join(left, ", "))
-			}
 		}
+		fmt.Fprintf(stderr, "platform state found but unhealthy (%s); restarting it\n", strings.Join(problems, "; "))
+		old = append(st.Components, old...)
+	}
+	if left := stopAll(old, 10*time.Second); len(left) > 0 {
+		return fmt.Errorf("could not stop old components: %s", strings.Join(left, ", "))
 	}
 	if err := wipe(dir); err != nil {
 		return err
