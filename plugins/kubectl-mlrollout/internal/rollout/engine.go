@@ -488,6 +488,9 @@ func (e *Engine) progress(ctx context.Context, d *appsv1.Deployment, st, next *S
 		if err == nil {
 			_ = e.deps.Add(created)
 			e.logf("created canary deployment %s (%s)", c.Name, ImagesString(st.Images))
+			msg := fmt.Sprintf("step %d/%d: %s: canary %d, stable %d pods (%.1f%% of traffic)", st.Step+1, total, step, t.Canary, t.Stable, t.Weight)
+			e.event(ctx, d, corev1.EventTypeNormal, "CanaryStep", msg)
+			e.logf("%s", msg)
 		}
 		return nil, time.Time{}, errRetry
 	case canary.Annotations[AnnotationRolloutID] != st.ID:

@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"os/user"
 	"sort"
 	"strings"
 	"time"
@@ -260,12 +261,17 @@ func (s *State) record(result Result, reason, by string, now time.Time) Record {
 
 // OwnerID names this process for the owner field: user@host (pid N).
 func OwnerID() string {
-	user := os.Getenv("USER")
-	if user == "" {
-		user = "unknown"
+	name := os.Getenv("USER")
+	if name == "" {
+		if u, err := user.Current(); err == nil {
+			name = u.Username
+		}
+	}
+	if name == "" {
+		name = "unknown"
 	}
 	host, _ := os.Hostname()
-	return fmt.Sprintf("%s@%s (pid %d)", user, host, os.Getpid())
+	return fmt.Sprintf("%s@%s (pid %d)", name, host, os.Getpid())
 }
 
 // ImagesString renders container images as "a=img, b=img" in container-name order.
