@@ -163,7 +163,10 @@ func partialMessage(e *azlogs.ErrorInfo) string {
 		Code    string `json:"code"`
 		Message string `json:"message"`
 		Details []struct {
-			Message string `json:"message"`
+			Message    string `json:"message"`
+			Innererror *struct {
+				Message string `json:"message"`
+			} `json:"innererror"`
 		} `json:"details"`
 		Innererror *struct {
 			Message string `json:"message"`
@@ -173,9 +176,12 @@ func partialMessage(e *azlogs.ErrorInfo) string {
 		return oneLine(raw)
 	}
 	msg := v.Code + ": " + v.Message
-	if v.Innererror != nil && v.Innererror.Message != "" {
+	switch {
+	case v.Innererror != nil && v.Innererror.Message != "":
 		msg += " (" + v.Innererror.Message + ")"
-	} else if len(v.Details) > 0 && v.Details[0].Message != "" {
+	case len(v.Details) > 0 && v.Details[0].Innererror != nil && v.Details[0].Innererror.Message != "":
+		msg += " (" + v.Details[0].Innererror.Message + ")"
+	case len(v.Details) > 0 && v.Details[0].Message != "":
 		msg += " (" + v.Details[0].Message + ")"
 	}
 	return msg
