@@ -283,10 +283,12 @@ func bringUp(ctx context.Context, dir string, nodes int, stderr io.Writer) (*Sta
 	if err := start("kube-controller-manager", "", tool("kube-controller-manager"),
 		"--kubeconfig="+kubeconfig, "--service-account-private-key-file="+filepath.Join(pki, "sa.key"),
 		"--root-ca-file="+st.CAFile, "--leader-elect=false", "--secure-port=0",
-		"--controllers=*,-nodeipam,-service-lb-controller,-cloud-node-lifecycle"); err != nil {
+		"--controllers=*,-nodeipam,-service-lb-controller,-cloud-node-lifecycle",
+		"--kube-api-qps=200", "--kube-api-burst=400"); err != nil {
 		return st, err
 	}
-	if err := start("kube-scheduler", "", tool("kube-scheduler"), "--kubeconfig="+kubeconfig, "--leader-elect=false", "--secure-port=0"); err != nil {
+	if err := start("kube-scheduler", "", tool("kube-scheduler"), "--kubeconfig="+kubeconfig, "--leader-elect=false", "--secure-port=0",
+		"--kube-api-qps=200", "--kube-api-burst=400"); err != nil {
 		return st, err
 	}
 	if err := start("kwok", "http://"+st.KwokServer, tool("kwok"), "--kubeconfig="+kubeconfig, "--config="+stagesPath,
