@@ -150,3 +150,24 @@ func TestResolveDirFindsRepositoryRoot(t *testing.T) {
 		t.Fatalf("PLATFORM_DIR ignored: %q", got)
 	}
 }
+
+// TestLauncherStaysLight keeps the launcher's imports to the standard library, sigs.k8s.io/yaml and
+// azemu (with its JWT library), so that building it takes seconds and never compiles Kubernetes.
+func TestLauncherStaysLight(t *testing.T) {
+	out, err := exec.Command("go", "list", "-deps", "-f", "{{if not .Standard}}{{.ImportPath}}{{end}}", ".").Output()
+	if err != nil {
+		t.Fatalf("go list: %v", err)
+	}
+	allowed := []string{rootModule + "/test/platform", "sigs.k8s.io/yaml", "go.yaml.in/yaml/", "github.com/golang-jwt/jwt/v5"}
+	for _, dep := range strings.Fields(string(out)) {
+		ok := false
+		for _, a := range allowed {
+			if strings.HasPrefix(dep, a) {
+				ok = true
+			}
+		}
+		if !ok {
+			t.Errorf("launcher depends on %s", dep)
+		}
+	}
+}

@@ -476,9 +476,7 @@ func installSelf(path string) error {
 
 func randomHex(n int) string {
 	b := make([]byte, n)
-	if _, err := rand.Read(b); err != nil {
-		panic(err)
-	}
+	_, _ = rand.Read(b) // crypto/rand.Read never returns an error (it aborts the program instead)
 	return hex.EncodeToString(b)
 }
 
