@@ -11,7 +11,13 @@ HELM4_VERSION=v4.3.1
 KREW_VERSION=v0.4.3
 CRANE_VERSION=v0.22.1
 
-key=$( { cat "$here/go.mod" "$here/go.sum"; echo "$KWOK_VERSION $REGISTRY_VERSION $HELM3_VERSION $HELM4_VERSION $KREW_VERSION $CRANE_VERSION"; } | sha256sum | cut -c1-16)
+# The cache key covers what decides the binaries: the Kubernetes and etcd versions (and the replace block that
+# pins the staging modules), the Go toolchain and the versions above. Other edits to go.mod/go.sum (the
+# launcher's or azemu's dependencies) do not force a rebuild. Bump FORMAT when this script builds differently.
+FORMAT=1
+key=$( { echo "format $FORMAT"; go env GOVERSION; sed -n '/^replace (/,/^)/p' "$here/go.mod";
+  grep -E '^[[:space:]]*(k8s\.io/kubernetes|go\.etcd\.io/etcd/server/v3) v' "$here/go.mod";
+  echo "$KWOK_VERSION $REGISTRY_VERSION $HELM3_VERSION $HELM4_VERSION $KREW_VERSION $CRANE_VERSION"; } | sha256sum | cut -c1-16)
 cache=${MLPLUGINS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/mlplugins-platform}
 bin=$cache/$key/bin
 if [ -f "$bin/.complete" ]; then echo "$bin"; exit 0; fi
