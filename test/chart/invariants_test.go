@@ -336,3 +336,18 @@ func TestNetworkPolicyAdmitsAzureMonitor(t *testing.T) {
 		t.Errorf("policyTypes %v", np.Spec.PolicyTypes)
 	}
 }
+
+// TestNumbersFromSetFlags checks that what `--set model.version=2 --set image.tag=3` passes (numbers)
+// is accepted and rendered as strings.
+func TestNumbersFromSetFlags(t *testing.T) {
+	out, err := renderValues(t, loadChart(t), map[string]any{"model": map[string]any{"version": 2}, "image": map[string]any{"tag": 3}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := out["mlapp/templates/deployment.yaml"]
+	for _, w := range []string{`mlapp.aks-mlops.io/model-version: "2"`, `app.kubernetes.io/version: "3"`, `image: "contoso.azurecr.io/mlapp/model-server:3"`, "name: MODEL_VERSION\n              value: \"2\""} {
+		if !strings.Contains(d, w) {
+			t.Errorf("Deployment lacks %q", w)
+		}
+	}
+}

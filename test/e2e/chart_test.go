@@ -150,7 +150,7 @@ func TestChartRestrictedNamespaceEnforces(t *testing.T) {
 	}
 	chart := chartForPlatform(t, env)
 	tmpl := env.Helm(t, "template", "bad", chart, "-n", ns, "--kube-version", "1.36.0",
-		"--show-only", "templates/deployment.yaml", "--set", "securityContext.allowPrivilegeEscalation=true")
+		"--show-only", "templates/deployment.yaml", "--set", "securityContext.allowPrivilegeEscalation=true", "--set", "serviceAccount.create=false")
 	if tmpl.Code != 0 {
 		t.Fatalf("helm template: %s", tmpl.Stderr)
 	}

@@ -33,7 +33,7 @@ Chart label value.
 Image tag: the tag value, or the chart's appVersion.
 */}}
 {{- define "mlapp.imageTag" -}}
-{{- .Values.image.tag | default .Chart.AppVersion }}
+{{- .Values.image.tag | default .Chart.AppVersion | toString }}
 {{- end }}
 
 {{/*
@@ -53,7 +53,7 @@ Model labels: what kubectl mlhealth groups by. Never part of a selector.
 */}}
 {{- define "mlapp.modelLabels" -}}
 mlapp.aks-mlops.io/model: {{ .Values.model.name | quote }}
-mlapp.aks-mlops.io/model-version: {{ .Values.model.version | quote }}
+mlapp.aks-mlops.io/model-version: {{ .Values.model.version | toString | quote }}
 {{- end }}
 
 {{/*
@@ -98,7 +98,7 @@ Call with (dict "image" .Values.image "global" .Values.global "defaultTag" .Char
 {{- if .image.digest }}
 {{- printf "%s@%s" $repo .image.digest }}
 {{- else }}
-{{- printf "%s:%s" $repo (.image.tag | default .defaultTag) }}
+{{- printf "%s:%s" $repo (.image.tag | default .defaultTag | toString) }}
 {{- end }}
 {{- end }}
 
