@@ -461,7 +461,7 @@ func TestMlrolloutSigkillResumeAndAbort(t *testing.T) {
 				t.Fatalf("status right after the kill: exit %d\n%s", res.Code, res.Stdout)
 			}
 			// While the heartbeat is fresh nobody may take over.
-			if res := mlr(t, env, ns, "resume", "mlapp"); res.Code != 1 || !strings.Contains(res.Stderr, fmt.Sprintf("driven by")) {
+			if res := mlr(t, env, ns, "resume", "mlapp"); res.Code != 1 || !strings.Contains(res.Stderr, "driven by") {
 				t.Fatalf("resume with a fresh heartbeat: exit %d", res.Code)
 			}
 			framework.Eventually(t, 40*time.Second, func() (bool, error) {
@@ -519,11 +519,7 @@ func TestMlrolloutSecondStartNamesOwner(t *testing.T) {
 		t.Error("the aborted driver did not stop")
 	}
 	mlrAssertStable(t, env, ns, "registry.example/mlapp:v1", 4)
-	// Shell completion goes through cobra's __complete (kubectl's kubectl_complete-mlrollout helper calls it).
-	res := env.Kubectl(t, "mlrollout", "__complete", "-n", ns, "--as="+mlrUser, "status", "")
-	if res.Code != 0 || !strings.Contains(res.Stdout, "mlapp\n") || strings.Contains(res.Stdout, "mlapp-canary") {
-		t.Fatalf("__complete: exit %d\n%s", res.Code, res.Stdout)
-	}
+}
 
 func mlrState(d *appsv1.Deployment) map[string]any {
 	var m map[string]any
@@ -662,3 +658,4 @@ func TestMlrolloutLeastPrivilegeCommands(t *testing.T) {
 	if res.Code != 0 || !strings.Contains(res.Stdout, "mlapp\n") || strings.Contains(res.Stdout, "mlapp-canary") {
 		t.Fatalf("__complete: exit %d\n%s", res.Code, res.Stdout)
 	}
+}
