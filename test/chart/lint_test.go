@@ -30,20 +30,27 @@ func helmBinary(t *testing.T) string {
 	return filepath.Join(strings.TrimSpace(string(out)), "helm")
 }
 
-// TestHelmLintStrict runs the real `helm lint --strict` with every ci/*-values.yaml.
+// TestHelmLintStrict runs the real `helm lint --strict` (Helm 3, and Helm 4 next to it) with every
+// ci/*-values.yaml.
 func TestHelmLintStrict(t *testing.T) {
-	helm := helmBinary(t)
-	for _, f := range ciValueFiles(t) {
-		t.Run(f, func(t *testing.T) {
-			cmd := exec.Command(helm, "lint", "--strict", chartDir(t), "-f", filepath.Join(chartDir(t), "ci", f))
-			out, err := cmd.CombinedOutput()
-			if err != nil {
-				t.Fatalf("helm lint --strict -f ci/%s: %v\n%s", f, err, out)
-			}
-			if !strings.Contains(string(out), "1 chart(s) linted, 0 chart(s) failed") {
-				t.Fatalf("unexpected helm lint output:\n%s", out)
-			}
-		})
+	helm3 := helmBinary(t)
+	helm4 := os.Getenv("HELM4_BIN")
+	if helm4 == "" {
+		helm4 = filepath.Join(filepath.Dir(helm3), "helm4")
+	}
+	for name, helm := range map[string]string{"helm3": helm3, "helm4": helm4} {
+		for _, f := range ciValueFiles(t) {
+			t.Run(name+"/"+f, func(t *testing.T) {
+				cmd := exec.Command(helm, "lint", "--strict", chartDir(t), "-f", filepath.Join(chartDir(t), "ci", f))
+				out, err := cmd.CombinedOutput()
+				if err != nil {
+					t.Fatalf("%s lint --strict -f ci/%s: %v\n%s", name, f, err, out)
+				}
+				if !strings.Contains(string(out), "1 chart(s) linted, 0 chart(s) failed") {
+					t.Fatalf("unexpected %s lint output:\n%s", name, out)
+				}
+			})
+		}
 	}
 }
 
