@@ -185,7 +185,7 @@ func summarizeErrors(errs []string, total int) string {
 		_, reason, _ := strings.Cut(e, ": ")
 		reasons[reason] = true
 	}
-	if len(reasons) == 1 {
+	if len(reasons) == 1 && len(errs) > 1 {
 		for r := range reasons {
 			return fmt.Sprintf("%d of %d queries failed: %s", len(errs), total, r)
 		}
