@@ -149,7 +149,7 @@ func TestRenderedInvariants(t *testing.T) {
 			}
 			gpu := d.Spec.Template.Spec.Containers[0].Resources.Limits["nvidia.com/gpu"]
 			if !gpu.IsZero() {
-				if d.Spec.Template.Spec.NodeSelector["accelerator"] != "nvidia" {
+				if d.Spec.Template.Spec.NodeSelector["kubernetes.azure.com/accelerator"] != "nvidia" {
 					t.Errorf("GPU pods lack the AKS GPU node selector")
 				}
 				tolerated := false

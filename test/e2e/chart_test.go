@@ -330,7 +330,7 @@ func chartEnsurePodMonitorCRD(t *testing.T, env *framework.Env) {
 	}
 }
 
-// chartGPUNode adds a kwok node like an AKS GPU pool node (label accelerator=nvidia, taint
+// chartGPUNode adds a kwok node like an AKS GPU pool node (label kubernetes.azure.com/accelerator=nvidia, taint
 // sku=gpu:NoSchedule, 4 nvidia.com/gpu) and deletes it at cleanup. It returns the node name.
 func chartGPUNode(t *testing.T, env *framework.Env) string {
 	t.Helper()
@@ -348,7 +348,7 @@ func chartGPUNode(t *testing.T, env *framework.Env) string {
 			Annotations: map[string]string{"kwok.x-k8s.io/node": "fake", "node.alpha.kubernetes.io/ttl": "0"},
 			Labels: map[string]string{
 				"kubernetes.io/hostname": name, "kubernetes.io/os": "linux", "kubernetes.io/arch": "amd64", "type": "kwok",
-				"accelerator": "nvidia", "kubernetes.azure.com/agentpool": "gpupool",
+				"kubernetes.azure.com/accelerator": "nvidia", "kubernetes.azure.com/agentpool": "gpupool",
 				"node.kubernetes.io/instance-type": "Standard_NC24ads_A100_v4", "topology.kubernetes.io/zone": "local-1",
 				"mlplugins.io/e2e": "true",
 			},
