@@ -1,6 +1,7 @@
 // Package examples checks that the example pipelines in examples/ cannot rot: every `kubectl mlrollout`,
 // `kubectl mlhealth` and `helm acrpush` command line they run is accepted by the flag parsers of the
-// plugins built from this repository, and every script is valid bash.
+// plugins built from this repository, every script is valid bash, and examples/rollout-plan.yaml goes
+// through mlrollout's own plan parser (plan_test.go).
 package examples
 
 import (
