@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"log"
+	"net"
 	"net/http"
 	"os"
 	"regexp"
@@ -18,7 +19,6 @@ import (
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
 	"github.com/google/go-containerregistry/pkg/authn"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
-	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/spf13/cobra"
 	"k8s.io/cli-runtime/pkg/genericiooptions"
 	"sigs.k8s.io/yaml"
@@ -255,11 +255,18 @@ func (o *PushOptions) Run(ctx context.Context) (err error) {
 
 	base := o.Transport
 	if base == nil {
-		t := remote.DefaultTransport.(*http.Transport).Clone()
-		if o.Insecure {
-			t.TLSClientConfig = &tls.Config{InsecureSkipVerify: true} //nolint:gosec // the user asked for it
+		// One TCP connection per concurrent transfer: over HTTP/2 every blob of a run would share
+		// one connection and its flow-control window.
+		base = &http.Transport{
+			Proxy:                 http.ProxyFromEnvironment,
+			DialContext:           (&net.Dialer{Timeout: 30 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+			MaxIdleConns:          100,
+			MaxIdleConnsPerHost:   50,
+			IdleConnTimeout:       90 * time.Second,
+			TLSHandshakeTimeout:   10 * time.Second,
+			ExpectContinueTimeout: time.Second,
+			TLSClientConfig:       &tls.Config{InsecureSkipVerify: o.Insecure, NextProtos: []string{"http/1.1"}}, //nolint:gosec // only with --insecure-skip-tls-verify
 		}
-		base = t
 	}
 	opts := []acrpush.Option{
 		acrpush.WithValueFiles(o.ValueFiles...),

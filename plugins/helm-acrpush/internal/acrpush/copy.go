@@ -8,11 +8,13 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"sort"
 	"strings"
 	"sync"
 	"sync/atomic"
 
+	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
@@ -260,13 +262,15 @@ func registryError(registry string, err error) error {
 }
 
 // sourceBlob is a blob read from the source registry as it is written, so that memory does not
-// grow with its size; bytes read are counted for the progress bar and the report.
+// grow with its size; bytes read are counted for the progress bar and the report. The bytes are
+// not hashed on the way: the destination registry checks the digest when the upload is committed
+// (a mismatch fails the upload), which spares hashing every byte twice.
 type sourceBlob struct {
-	ctx    context.Context
-	puller *remote.Puller
-	repo   name.Repository
-	desc   blobDesc
-	count  func(int64)
+	ctx   context.Context
+	src   *sourceClients
+	repo  name.Repository
+	desc  blobDesc
+	count func(int64)
 }
 
 func (b *sourceBlob) Digest() (v1.Hash, error) { return b.desc.Digest, nil }
@@ -280,16 +284,90 @@ func (b *sourceBlob) Uncompressed() (io.ReadCloser, error) {
 }
 
 func (b *sourceBlob) Compressed() (io.ReadCloser, error) {
-	l, err := b.puller.Layer(b.ctx, b.repo.Digest(b.desc.Digest.String()))
-	if err != nil {
-		return nil, err
-	}
-	rc, err := l.Compressed()
+	rc, err := b.src.open(b.ctx, b.repo, b.desc)
 	if err != nil {
 		return nil, err
 	}
 	return &countingReader{rc: rc, count: b.count}, nil
 }
+
+// sourceClients holds one authenticated HTTP client per source repository.
+type sourceClients struct {
+	keychain authn.Keychain
+	rt       http.RoundTripper
+	mu       sync.Mutex
+	clients  map[string]*http.Client
+}
+
+func (s *sourceClients) client(ctx context.Context, repo name.Repository) (*http.Client, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if c, ok := s.clients[repo.String()]; ok {
+		return c, nil
+	}
+	auth, err := authn.Resolve(ctx, s.keychain, repo)
+	if err != nil {
+		return nil, err
+	}
+	rt, err := transport.NewWithContext(ctx, repo.Registry, auth, s.rt, []string{repo.Scope(transport.PullScope)})
+	if err != nil {
+		return nil, err
+	}
+	c := &http.Client{Transport: rt}
+	if s.clients == nil {
+		s.clients = map[string]*http.Client{}
+	}
+	s.clients[repo.String()] = c
+	return c, nil
+}
+
+// open streams a blob: GET /v2/<repo>/blobs/<digest>, following redirects to blob storage.
+func (s *sourceClients) open(ctx context.Context, repo name.Repository, d blobDesc) (io.ReadCloser, error) {
+	c, err := s.client(ctx, repo)
+	if err != nil {
+		return nil, err
+	}
+	u := url.URL{Scheme: repo.Registry.Scheme(), Host: repo.RegistryStr(), Path: fmt.Sprintf("/v2/%s/blobs/%s", repo.RepositoryStr(), d.Digest)}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := c.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	if err := transport.CheckError(resp, http.StatusOK); err != nil {
+		resp.Body.Close()
+		return nil, err
+	}
+	if resp.ContentLength >= 0 && resp.ContentLength != d.Size {
+		resp.Body.Close()
+		return nil, fmt.Errorf("blob %s: source sent %d bytes, the manifest says %d", d.Digest, resp.ContentLength, d.Size)
+	}
+	return &sizedBody{rc: resp.Body, left: d.Size, digest: d.Digest}, nil
+}
+
+// sizedBody fails a body that ends before its size, so a dropped download is an error (and a
+// retry), never a short blob.
+type sizedBody struct {
+	rc     io.ReadCloser
+	left   int64
+	digest v1.Hash
+}
+
+func (b *sizedBody) Read(p []byte) (int, error) {
+	n, err := b.rc.Read(p)
+	b.left -= int64(n)
+	if err == io.EOF && b.left > 0 {
+		return n, fmt.Errorf("blob %s: %w", b.digest, io.ErrUnexpectedEOF)
+	}
+	if b.left < 0 {
+		return n, fmt.Errorf("blob %s: source sent more bytes than the manifest says", b.digest)
+	}
+	return n, err
+}
+
+func (b *sizedBody) Close() error { return b.rc.Close() }
 
 type countingReader struct {
 	rc    io.ReadCloser
@@ -319,6 +397,7 @@ func (m rawManifest) MediaType() (types.MediaType, error) { return m.mt, nil }
 // repository that needs it, then mounted into the other repositories; manifests follow, children
 // before parents, the tag last.
 type copier struct {
+	source   *sourceClients
 	puller   *remote.Puller
 	pusher   *remote.Pusher
 	jobs     int
@@ -450,7 +529,7 @@ func (c *copier) copy(ctx context.Context, images []*plannedImage) {
 }
 
 func (c *copier) blob(ctx context.Context, src name.Repository, d blobDesc, owner *plannedImage) *sourceBlob {
-	return &sourceBlob{ctx: ctx, puller: c.puller, repo: src, desc: d, count: func(n int64) {
+	return &sourceBlob{ctx: ctx, src: c.source, repo: src, desc: d, count: func(n int64) {
 		owner.uploaded.Add(n)
 		c.progress.add(n)
 	}}

@@ -12,6 +12,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
 )
 
 // Actions reported per artifact.
@@ -149,7 +150,7 @@ func Push(ctx context.Context, chartPath string, dst Destination, opts ...Option
 		remote.WithRetryStatusCodes(),
 		// A whole blob upload is restarted more often than a single request is retried: a dropped
 		// connection half-way through a large blob cannot be resumed.
-		remote.WithRetryBackoff(remote.Backoff{Duration: o.Retry.Initial, Factor: 1.5, Jitter: 0.2, Steps: max(o.Retry.Attempts, 10)}),
+		remote.WithRetryBackoff(remote.Backoff{Duration: o.Retry.Initial, Factor: 1.3, Jitter: 0.2, Steps: max(2*o.Retry.Attempts, 15)}),
 	}
 	puller, err := remote.NewPuller(ropts...)
 	if err != nil {
@@ -213,7 +214,8 @@ func Push(ctx context.Context, chartPath string, dst Destination, opts ...Option
 	if len(todo) > 0 {
 		bar := newProgressBar(o.Progress)
 		bar.start()
-		cp := &copier{puller: puller, pusher: pusher, jobs: o.Jobs, progress: bar, log: log}
+		src := &sourceClients{keychain: kc, rt: transport.NewUserAgent(rt, o.UserAgent)}
+		cp := &copier{source: src, puller: puller, pusher: pusher, jobs: o.Jobs, progress: bar, log: log}
 		cp.copy(ctx, todo)
 		bar.finish()
 	}
