@@ -590,7 +590,7 @@ func TestMlrolloutBadInput(t *testing.T) {
 		{name: "unknown container", args: []string{"start", "mlapp", "--image", "modle=x:2"}, want: `error: deployment "mlapp" has no container "modle" (containers: model, proxy)`},
 		{name: "malformed steps", args: []string{"start", "mlapp", "--image", "model=x:2", "--steps", "10,abc"}, want: `error: malformed --steps "10,abc": "abc" is neither a weight nor "pause"`},
 		{name: "bad plan file", args: []string{"start", "mlapp", "--image", "model=x:2", "--plan", badPlan}, want: `line 6: unknown field "bak" in step`},
-		{name: "unknown template variable", args: []string{"start", "mlapp", "--image", "model=x:2", "--plan", badVar}, want: `line 9: unknown template variable {{ .CanaryPod }}`},
+		{name: "unknown template variable", args: []string{"start", "mlapp", "--image", "model=x:2", "--plan", badVar}, want: `line 8: unknown template variable {{ .CanaryPod }}`},
 		{name: "unreachable prometheus", args: []string{"start", "mlapp", "--image", "model=x:2", "--plan", goodProm, "--prometheus-url", "http://127.0.0.1:1"}, want: `error: check "e": prometheus at http://127.0.0.1:1:`},
 		{name: "rejected query", args: []string{"start", "mlapp", "--image", "model=x:2", "--plan", promPlan, "--prometheus-url", env.PrometheusURL}, want: `bad_data`},
 		{name: "missing rbac", as: "nobody", args: []string{"start", "mlapp", "--image", "model=x:2"}, want: `error: `},
