@@ -49,7 +49,10 @@ type file struct{ from, to string }
 var plugins = []plugin{
 	{Name: "kubectl-mlrollout", Krew: "mlrollout", Extra: []file{{"hack/dist/completion/kubectl_complete-mlrollout", "kubectl_complete-mlrollout"}}},
 	{Name: "kubectl-mlhealth", Krew: "mlhealth", Extra: []file{{"hack/dist/completion/kubectl_complete-mlhealth", "kubectl_complete-mlhealth"}}},
-	{Name: "helm-acrpush", WrapDir: "acrpush", Extra: []file{{"plugins/helm-acrpush/plugin.yaml", "plugin.yaml"}}},
+	{Name: "helm-acrpush", WrapDir: "acrpush", Extra: []file{
+		{"plugins/helm-acrpush/plugin.yaml", "plugin.yaml"},
+		{"plugins/helm-acrpush/scripts/install-binary.sh", "scripts/install-binary.sh"},
+	}},
 }
 
 // Artifact is one archive of one plugin for one platform.
@@ -154,7 +157,7 @@ func buildOne(p plugin, goos, goarch, version, commit string, date time.Time, ou
 			continue // kubectl's completion helpers are shell scripts
 		}
 		mode := int64(0o644)
-		if strings.HasPrefix(f.to, "kubectl_complete-") {
+		if strings.HasPrefix(f.to, "kubectl_complete-") || strings.HasSuffix(f.to, ".sh") {
 			mode = 0o755
 		}
 		entries = append(entries, entry{name: f.to, src: f.from, mode: mode})
