@@ -6,8 +6,9 @@ package hack
 import (
 	_ "github.com/Azure/azure-sdk-for-go/sdk/azidentity"
 	_ "github.com/Azure/azure-sdk-for-go/sdk/monitor/query/azlogs"
-	_ "github.com/google/go-containerregistry/pkg/v1/remote"
+	_ "github.com/golang-jwt/jwt/v5"
 	_ "github.com/google/go-containerregistry/pkg/registry"
+	_ "github.com/google/go-containerregistry/pkg/v1/remote"
 	_ "github.com/spf13/cobra"
 	_ "github.com/spf13/pflag"
 	_ "helm.sh/helm/v3/pkg/action"
@@ -18,5 +19,4 @@ import (
 	_ "k8s.io/client-go/tools/portforward"
 	_ "k8s.io/kubectl/pkg/cmd/util"
 	_ "sigs.k8s.io/yaml"
-	_ "github.com/golang-jwt/jwt/v5"
 )
