@@ -98,7 +98,7 @@ func TestChartInstallRestricted(t *testing.T) {
 				// Azure Files is not on the platform: a pre-bound volume stands in for the dynamically provisioned share.
 				chartStaticVolume(t, env, ns, release+"-mlapp-model", "azurefile-csi-premium")
 			}
-			res := env.Helm(t, "install", release, chart, "-n", ns, "-f", values, "--wait", "--timeout", "3m")
+			res := env.Helm(t, "install", release, chart, "-n", ns, "-f", values, "--wait", "--timeout", "5m")
 			if res.Code != 0 {
 				chartDump(t, env, ns)
 				t.Fatalf("helm install -f ci/%s: exit %d\n%s%s", v.file, res.Code, res.Stdout, res.Stderr)
@@ -173,7 +173,7 @@ func TestChartUpgradeAndUninstall(t *testing.T) {
 	cs := env.Clientset(t)
 	minimal := filepath.Join(env.Root, "charts", "mlapp", "ci", "minimal-values.yaml")
 
-	if res := env.Helm(t, "install", release, chart, "-n", ns, "-f", minimal, "--wait", "--timeout", "3m"); res.Code != 0 {
+	if res := env.Helm(t, "install", release, chart, "-n", ns, "-f", minimal, "--wait", "--timeout", "5m"); res.Code != 0 {
 		t.Fatalf("helm install: %s%s", res.Stdout, res.Stderr)
 	}
 	chartWaitReady(t, env, ns, release, 1)
@@ -182,7 +182,7 @@ func TestChartUpgradeAndUninstall(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	res := env.Helm(t, "upgrade", release, chart, "-n", ns, "-f", minimal, "--wait", "--timeout", "3m",
+	res := env.Helm(t, "upgrade", release, chart, "-n", ns, "-f", minimal, "--wait", "--timeout", "5m",
 		"--set", "replicaCount=3", "--set", "model.version=2", "--set", "image.tag=1.1.0",
 		"--set", "podDisruptionBudget.enabled=true", "--set", "networkPolicy.enabled=true")
 	if res.Code != 0 {
@@ -212,7 +212,7 @@ func TestChartUpgradeAndUninstall(t *testing.T) {
 		t.Errorf("NetworkPolicy after upgrade: %v", err)
 	}
 	// helm upgrade leaves old ReplicaSets scaled to zero, and no pod of the old version.
-	framework.Eventually(t, time.Minute, func() (bool, error) {
+	framework.Eventually(t, 2*time.Minute, func() (bool, error) {
 		all, err := cs.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: "app.kubernetes.io/instance=up,app.kubernetes.io/name=mlapp"})
 		if err != nil {
 			return false, err
@@ -220,7 +220,7 @@ func TestChartUpgradeAndUninstall(t *testing.T) {
 		return len(all.Items) == 3, nil
 	})
 
-	res = env.Helm(t, "upgrade", release, chart, "-n", ns, "--reuse-values", "--set", "podDisruptionBudget.enabled=false", "--wait", "--timeout", "3m")
+	res = env.Helm(t, "upgrade", release, chart, "-n", ns, "--reuse-values", "--set", "podDisruptionBudget.enabled=false", "--wait", "--timeout", "5m")
 	if res.Code != 0 {
 		t.Fatalf("helm upgrade (PDB off): %s%s", res.Stdout, res.Stderr)
 	}
@@ -231,7 +231,7 @@ func TestChartUpgradeAndUninstall(t *testing.T) {
 		t.Errorf("helm history: want 3 revisions:\n%s%s", h.Stdout, h.Stderr)
 	}
 
-	if res := env.Helm(t, "uninstall", release, "-n", ns, "--wait", "--timeout", "2m"); res.Code != 0 {
+	if res := env.Helm(t, "uninstall", release, "-n", ns, "--wait", "--timeout", "4m"); res.Code != 0 {
 		t.Fatalf("helm uninstall: %s%s", res.Stdout, res.Stderr)
 	}
 	chartExpectEmpty(t, env, ns, nil)
@@ -247,19 +247,19 @@ func TestChartUninstallKeepsModelClaim(t *testing.T) {
 	const release = "keep"
 	chartStaticVolume(t, env, ns, release+"-mlapp-model", "azurefile-csi-premium")
 	values := filepath.Join(env.Root, "charts", "mlapp", "ci", "production-values.yaml")
-	if res := env.Helm(t, "install", release, chart, "-n", ns, "-f", values, "--wait", "--timeout", "3m"); res.Code != 0 {
+	if res := env.Helm(t, "install", release, chart, "-n", ns, "-f", values, "--wait", "--timeout", "5m"); res.Code != 0 {
 		chartDump(t, env, ns)
 		t.Fatalf("helm install: %s%s", res.Stdout, res.Stderr)
 	}
 	chartWaitReady(t, env, ns, release, 3)
-	if res := env.Helm(t, "uninstall", release, "-n", ns, "--wait", "--timeout", "2m"); res.Code != 0 {
+	if res := env.Helm(t, "uninstall", release, "-n", ns, "--wait", "--timeout", "4m"); res.Code != 0 {
 		t.Fatalf("helm uninstall: %s%s", res.Stdout, res.Stderr)
 	}
 	if !strings.Contains(env.Kubectl(t, "get", "pvc", "-n", ns, "-o", "name").Stdout, "persistentvolumeclaim/keep-mlapp-model") {
 		t.Errorf("the model claim was deleted by helm uninstall")
 	}
 	chartExpectEmpty(t, env, ns, []string{"persistentvolumeclaim/keep-mlapp-model"})
-	if res := env.Helm(t, "install", release, chart, "-n", ns, "-f", values, "--wait", "--timeout", "3m"); res.Code != 0 {
+	if res := env.Helm(t, "install", release, chart, "-n", ns, "-f", values, "--wait", "--timeout", "5m"); res.Code != 0 {
 		t.Fatalf("reinstall over the kept claim: %s%s", res.Stdout, res.Stderr)
 	}
 	chartWaitReady(t, env, ns, release, 3)
@@ -364,7 +364,7 @@ func chartGPUNode(t *testing.T, env *framework.Env) string {
 			t.Errorf("delete GPU node %s: %v", name, err)
 		}
 	})
-	framework.Eventually(t, time.Minute, func() (bool, error) {
+	framework.Eventually(t, 2*time.Minute, func() (bool, error) {
 		n, err := cs.CoreV1().Nodes().Get(ctx, name, metav1.GetOptions{})
 		if err != nil {
 			return false, err
@@ -413,7 +413,7 @@ func chartWaitReady(t *testing.T, env *framework.Env, ns, release string, want i
 	cs := env.Clientset(t)
 	var pods []corev1.Pod
 	sel := "app.kubernetes.io/name=mlapp,app.kubernetes.io/instance=" + release
-	framework.Eventually(t, 2*time.Minute, func() (bool, error) {
+	framework.Eventually(t, 4*time.Minute, func() (bool, error) {
 		list, err := cs.CoreV1().Pods(ns).List(context.Background(), metav1.ListOptions{LabelSelector: sel})
 		if err != nil {
 			return false, err
@@ -476,7 +476,7 @@ func chartExpectEmpty(t *testing.T, env *framework.Env, ns string, keep []string
 	for _, k := range keep {
 		allowed[k] = true
 	}
-	framework.Eventually(t, 2*time.Minute, func() (bool, error) {
+	framework.Eventually(t, 4*time.Minute, func() (bool, error) {
 		res := env.Kubectl(t, "get", "all,configmap,secret,serviceaccount,pvc,pdb,networkpolicy,ingress,hpa,podmonitors.azmonitoring.coreos.com",
 			"-n", ns, "-o", "name", "--ignore-not-found")
 		if res.Code != 0 && !strings.Contains(res.Stderr, "the server doesn't have a resource type") {
@@ -552,7 +552,7 @@ func TestChartServiceSelectsCanary(t *testing.T) {
 	cs := env.Clientset(t)
 	const release = "cn"
 	minimal := filepath.Join(env.Root, "charts", "mlapp", "ci", "minimal-values.yaml")
-	if res := env.Helm(t, "install", release, chart, "-n", ns, "-f", minimal, "--set", "replicaCount=2", "--wait", "--timeout", "3m"); res.Code != 0 {
+	if res := env.Helm(t, "install", release, chart, "-n", ns, "-f", minimal, "--set", "replicaCount=2", "--wait", "--timeout", "5m"); res.Code != 0 {
 		t.Fatalf("helm install: %s%s", res.Stdout, res.Stderr)
 	}
 	stable, err := cs.AppsV1().Deployments(ns).Get(ctx, "cn-mlapp", metav1.GetOptions{})
@@ -571,7 +571,7 @@ func TestChartServiceSelectsCanary(t *testing.T) {
 	if _, err := cs.AppsV1().Deployments(ns).Create(ctx, canary, metav1.CreateOptions{}); err != nil {
 		t.Fatalf("create canary: %v", err)
 	}
-	framework.Eventually(t, 2*time.Minute, func() (bool, error) {
+	framework.Eventually(t, 4*time.Minute, func() (bool, error) {
 		slices, err := cs.DiscoveryV1().EndpointSlices(ns).List(ctx, metav1.ListOptions{LabelSelector: "kubernetes.io/service-name=cn-mlapp"})
 		if err != nil {
 			return false, err
@@ -593,5 +593,84 @@ func TestChartServiceSelectsCanary(t *testing.T) {
 			return false, fmt.Errorf("service endpoints: %d stable, %d canary; want 2 and 1", stablePods, canaryPods)
 		}
 		return true, nil
+	})
+}
+
+// TestChartMlrolloutCanary runs the real `kubectl mlrollout` against the chart's Deployment in a
+// restricted namespace: at the 50% pause the canary pods are admitted and Ready and the chart's Service
+// sends traffic to both tracks; `promote` then rolls the new image into the stable Deployment.
+func TestChartMlrolloutCanary(t *testing.T) {
+	env := framework.Setup(t)
+	chart := chartForPlatform(t, env)
+	ns := chartRestrictedNamespace(t, env)
+	ctx := context.Background()
+	cs := env.Clientset(t)
+	const release, newImage = "ro", "contoso.azurecr.io/mlapp/model-server:1.1.0"
+	minimal := filepath.Join(env.Root, "charts", "mlapp", "ci", "minimal-values.yaml")
+	if res := env.Helm(t, "install", release, chart, "-n", ns, "-f", minimal, "--set", "replicaCount=4", "--wait", "--timeout", "5m"); res.Code != 0 {
+		t.Fatalf("helm install: %s%s", res.Stdout, res.Stderr)
+	}
+	res := env.Kubectl(t, "mlrollout", "start", "ro-mlapp", "-n", ns, "--image", "model-server="+newImage, "--steps", "50,pause,100", "--timeout", "3m")
+	if res.Code != 4 {
+		t.Fatalf("mlrollout start: exit %d, want 4 (paused)\n%s%s", res.Code, res.Stdout, res.Stderr)
+	}
+	endpoints := func() (stable, canary int, err error) {
+		slices, err := cs.DiscoveryV1().EndpointSlices(ns).List(ctx, metav1.ListOptions{LabelSelector: "kubernetes.io/service-name=ro-mlapp"})
+		if err != nil {
+			return 0, 0, err
+		}
+		pods, err := cs.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{})
+		if err != nil {
+			return 0, 0, err
+		}
+		track := map[string]string{}
+		for _, p := range pods.Items {
+			track[p.Name] = p.Labels["rollouts.mlplugins.io/track"]
+		}
+		for _, s := range slices.Items {
+			for _, e := range s.Endpoints {
+				if e.TargetRef == nil || e.Conditions.Ready == nil || !*e.Conditions.Ready {
+					continue
+				}
+				if track[e.TargetRef.Name] == "canary" {
+					canary++
+				} else {
+					stable++
+				}
+			}
+		}
+		return stable, canary, nil
+	}
+	framework.Eventually(t, 2*time.Minute, func() (bool, error) {
+		s, c, err := endpoints()
+		if err != nil {
+			return false, err
+		}
+		if s != 2 || c != 2 {
+			return false, fmt.Errorf("service endpoints at 50%%: %d stable, %d canary; want 2 and 2", s, c)
+		}
+		return true, nil
+	})
+	canaryPods, err := cs.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: "rollouts.mlplugins.io/track=canary"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range canaryPods.Items {
+		if p.Spec.Containers[0].Image != newImage || !chartPodReady(p) {
+			t.Errorf("canary pod %s: image %s, ready %v", p.Name, p.Spec.Containers[0].Image, chartPodReady(p))
+		}
+	}
+	if res := env.Kubectl(t, "mlrollout", "promote", "ro-mlapp", "-n", ns, "--timeout", "3m"); res.Code != 0 {
+		t.Fatalf("mlrollout promote: exit %d\n%s%s", res.Code, res.Stdout, res.Stderr)
+	}
+	pods := chartWaitReady(t, env, ns, release, 4)
+	for _, p := range pods {
+		if p.Spec.Containers[0].Image != newImage || p.Labels["rollouts.mlplugins.io/track"] != "" {
+			t.Errorf("after promote, pod %s: image %s, track %q", p.Name, p.Spec.Containers[0].Image, p.Labels["rollouts.mlplugins.io/track"])
+		}
+	}
+	framework.Eventually(t, 2*time.Minute, func() (bool, error) {
+		s, c, err := endpoints()
+		return err == nil && s == 4 && c == 0, err
 	})
 }
