@@ -63,11 +63,11 @@ platform-status: ## Show the platform's components
 
 .PHONY: demo
 demo: build tools ## The whole release story on the local platform
-	bash examples/demo/demo.sh
+	bash hack/demo/demo.sh
 
 .PHONY: demo-down
 demo-down: ## Remove what the demo left and stop the platform
-	bash examples/demo/demo.sh down
+	bash hack/demo/demo.sh down
 
 .PHONY: bench
 bench: build tools ## Side-by-side benchmarks; writes docs/benchmarks.md
