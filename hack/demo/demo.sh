@@ -83,7 +83,7 @@ unset entra refresh
 ok "helm registry login $ACR_LOGIN_SERVER (token not shown)"
 kubectl create namespace "$NS" --dry-run=client -o yaml | kubectl label --local -f - -o yaml \
   pod-security.kubernetes.io/enforce=restricted | kubectl apply -f - >/dev/null
-chart_version=$(jq -r .chart.reference "$work/push-again.json" | sed 's/.*://')
+chart_version=$(jq -r .chart.version "$work/push-again.json")
 run helm install "$RELEASE" "oci://$ACR_LOGIN_SERVER/mlapp" --version "$chart_version" -n "$NS" \
   -f "$work/acr-values.yaml" --set replicaCount=3 --wait --timeout 2m
 
