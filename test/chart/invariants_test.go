@@ -351,3 +351,29 @@ func TestNumbersFromSetFlags(t *testing.T) {
 		}
 	}
 }
+
+// TestHPACustomMetric renders the optional per-pod custom metric next to CPU, and refuses half of one.
+func TestHPACustomMetric(t *testing.T) {
+	c := loadChart(t)
+	out, err := renderValues(t, c, map[string]any{"autoscaling": map[string]any{"enabled": true,
+		"customMetric": map[string]any{"name": "inference_queue_depth", "targetAverageValue": "5"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	hpa := out["mlapp/templates/hpa.yaml"]
+	for _, w := range []string{"apiVersion: autoscaling/v2", "name: cpu", "averageUtilization: 70", "type: Pods", "name: inference_queue_depth", `averageValue: "5"`} {
+		if !strings.Contains(hpa, w) {
+			t.Errorf("HPA lacks %q:\n%s", w, hpa)
+		}
+	}
+	if strings.Contains(hpa, "name: memory") {
+		t.Errorf("memory metric rendered with targetMemoryUtilizationPercentage 0")
+	}
+	if strings.Contains(out["mlapp/templates/deployment.yaml"], "\n  replicas:") {
+		t.Errorf("Deployment sets replicas although the HPA owns them")
+	}
+	_, err = renderValues(t, c, map[string]any{"autoscaling": map[string]any{"customMetric": map[string]any{"name": "q"}}})
+	if err == nil || !strings.Contains(err.Error(), "at '/autoscaling/customMetric': properties 'targetAverageValue' required, if 'name' exists") {
+		t.Errorf("half a custom metric: %v", err)
+	}
+}
