@@ -120,7 +120,7 @@ func (s *stepLatencies) watch(ctx context.Context, t *testing.T, kube kubernetes
 				if !ok {
 					continue
 				}
-				ready[p.Name] = ev.Type != watch.Deleted && p.DeletionTimestamp == nil && podIsReady(p)
+				ready[p.Name] = ev.Type != watch.Deleted && p.DeletionTimestamp == nil && mlrPodReady(p)
 				check(now)
 			case ev, ok := <-dw.ResultChan():
 				if !ok {
@@ -165,7 +165,7 @@ func (s *stepLatencies) watch(ctx context.Context, t *testing.T, kube kubernetes
 	}()
 }
 
-func podIsReady(p *corev1.Pod) bool {
+func mlrPodReady(p *corev1.Pod) bool {
 	for _, c := range p.Status.Conditions {
 		if c.Type == corev1.PodReady {
 			return c.Status == corev1.ConditionTrue
@@ -270,9 +270,9 @@ API requests: %d for %d steps, **%.1f per step** (start-up included: informer li
 
 The canary run includes the promotion (the stable Deployment's own rolling update) and removing the canary;
 %d API requests, %.1f per step.
-`, len(ls), med.Round(time.Millisecond), maxL.Round(time.Millisecond), yes(latOK),
+`, len(ls), med.Round(time.Millisecond), maxL.Round(time.Millisecond), mlrYes(latOK),
 		latOut.APIRequests, latOut.StepsRun, latOut.APIRequestsPerStep,
-		plain.Round(10*time.Millisecond), canTook.Round(10*time.Millisecond), ratio, yes(ratioOK),
+		plain.Round(10*time.Millisecond), canTook.Round(10*time.Millisecond), ratio, mlrYes(ratioOK),
 		canOut.APIRequests, canOut.APIRequestsPerStep)
 	t.Log("\n" + md)
 	t.Logf("20-step run took %s; latencies %v", latTook, ls)
@@ -287,7 +287,7 @@ The canary run includes the promotion (the stable Deployment's own rolling updat
 	}
 }
 
-func yes(ok bool) string {
+func mlrYes(ok bool) string {
 	if ok {
 		return "yes"
 	}
