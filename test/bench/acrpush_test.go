@@ -160,8 +160,25 @@ type runResult struct {
 	stdout, stderr string
 	err            error
 	took           time.Duration
-	maxRSS         int64 // bytes
+	maxRSS         int64 // bytes, getrusage ru_maxrss
+	hwm            int64 // bytes, VmHWM of the child's own address space
 	cpu            time.Duration
+}
+
+// vmHWM reads the peak resident set of pid's address space from /proc (0 when gone).
+func vmHWM(pid int) int64 {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0
+	}
+	for _, l := range strings.Split(string(data), "\n") {
+		if strings.HasPrefix(l, "VmHWM:") {
+			var kb int64
+			fmt.Sscanf(strings.TrimSpace(strings.TrimPrefix(l, "VmHWM:")), "%d", &kb)
+			return kb * 1024
+		}
+	}
+	return 0
 }
 
 func (b *benchEnv) run(t *testing.T, stdin io.Reader, name string, args ...string) runResult {
@@ -175,8 +192,30 @@ func (b *benchEnv) run(t *testing.T, stdin io.Reader, name string, args ...strin
 	var so, se strings.Builder
 	c.Stdout, c.Stderr = &so, &se
 	start := time.Now()
-	err := c.Run()
-	r := runResult{stdout: so.String(), stderr: se.String(), err: err, took: time.Since(start)}
+	var hwm int64
+	err := c.Start()
+	if err == nil {
+		// Poll the child's own high-water mark: getrusage's ru_maxrss is inflated for children of
+		// a Go program (they start with vfork and Linux carries the parent's mark across exec).
+		stop, done := make(chan struct{}), make(chan struct{})
+		go func() {
+			defer close(done)
+			for {
+				if v := vmHWM(c.Process.Pid); v > hwm {
+					hwm = v
+				}
+				select {
+				case <-stop:
+					return
+				case <-time.After(10 * time.Millisecond):
+				}
+			}
+		}()
+		err = c.Wait()
+		close(stop)
+		<-done
+	}
+	r := runResult{stdout: so.String(), stderr: se.String(), err: err, took: time.Since(start), hwm: hwm}
 	if c.ProcessState != nil {
 		if ru, ok := c.ProcessState.SysUsage().(*syscall.Rusage); ok {
 			r.maxRSS = ru.Maxrss * 1024 // kilobytes on Linux
@@ -292,14 +331,16 @@ func TestACRPushBenchmark(t *testing.T) {
 		return b.must(t, b.run(t, nil, b.helm, "acrpush", tgz, b.acr+"/"+prefix, "--auth", "azure", "-o", "json"))
 	}
 
-	const rounds = 3
+	const rounds = 5
 	var base, ours, again []time.Duration
+	var hwm300 int64
 	reuploads := 0
 	for i := 0; i < rounds; i++ {
 		base = append(base, baseline("base-"+randomID()))
 		prefix := "ap-" + randomID()
 		r := acrpush(prefix)
 		ours = append(ours, r.took)
+		hwm300 = max(hwm300, r.hwm)
 		offset := b.logSize(t)
 		r2 := acrpush(prefix)
 		again = append(again, r2.took)
@@ -339,17 +380,20 @@ of their own), %d rounds, medians.
 
 Re-push blob uploads counted in the ACR emulator's request log: %d (goal 0: %s).
 
-Peak RSS of `+"`helm-acrpush`"+` while copying one 1 GB layer (getrusage ru_maxrss of the child): %.1f MB
-(goal < 100 MB: %s); that run took %s.
+Peak memory of `+"`helm-acrpush`"+` while copying one 1 GB layer: %.1f MB resident at its peak (VmHWM of the
+child, polled every 10 ms; goal < 100 MB: %s); that run took %s. (getrusage's ru_maxrss says %.1f MB, but
+for a child of a Go program it includes the parent's high-water mark: Go starts children with
+vfork and Linux carries the mark across exec.) The 300 MB pushes above peaked at %.1f MB: memory does
+not grow with layer size.
 `, rounds, mb0.Round(10*time.Millisecond), mo.Round(10*time.Millisecond), ratio, verdict(ratio <= 0.5),
 		mb0.Round(10*time.Millisecond), ma.Round(10*time.Millisecond), reratio, verdict(reratio <= 0.1),
-		reuploads, verdict(reuploads == 0), float64(rss.maxRSS)/mb, verdict(rss.maxRSS < 100*mb), rss.took.Round(100*time.Millisecond))
+		reuploads, verdict(reuploads == 0), float64(rss.hwm)/mb, verdict(rss.hwm > 0 && rss.hwm < 100*mb), rss.took.Round(100*time.Millisecond), float64(rss.maxRSS)/mb, float64(hwm300)/mb)
 	t.Log("\n" + md)
 	if err := WriteSection("acrpush", md); err != nil {
 		t.Fatal(err)
 	}
-	if reuploads != 0 || rss.maxRSS >= 100*mb || reratio > 0.1 {
-		t.Errorf("a hard goal was missed (re-push uploads %d, RSS %d MB, re-push ratio %.3f)", reuploads, rss.maxRSS/mb, reratio)
+	if reuploads != 0 || rss.hwm == 0 || rss.hwm >= 100*mb || reratio > 0.1 {
+		t.Errorf("a hard goal was missed (re-push uploads %d, peak RSS %d MB, re-push ratio %.3f)", reuploads, rss.hwm/mb, reratio)
 	}
 	if ratio > 0.5 {
 		t.Logf("first-push ratio %.2f is above the 0.5x goal", ratio)
