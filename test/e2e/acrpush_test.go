@@ -352,6 +352,7 @@ type apResult struct {
 	} `json:"images"`
 	Transfer struct {
 		BlobUploads int64 `json:"blobUploads"`
+		BlobMounts  int64 `json:"blobMounts"`
 	} `json:"transfer"`
 }
 
@@ -389,6 +390,23 @@ func (e *apEnv) uploadsSince(t *testing.T, offset int64, prefix string) (uploads
 	return uploads, requests
 }
 
+// logLinesSince returns the ACR emulator's request log lines for repositories under prefix written
+// after offset.
+func (e *apEnv) logLinesSince(t *testing.T, offset int64, prefix string) []string {
+	t.Helper()
+	data, err := os.ReadFile(filepath.Join(e.env.Vars["PLATFORM_DIR"], "logs", "azure.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, l := range strings.Split(string(data[min(offset, int64(len(data))):]), "\n") {
+		if strings.Contains(l, "acr: ") && strings.Contains(l, "/v2/"+prefix+"/") {
+			out = append(out, l)
+		}
+	}
+	return out
+}
+
 func (e *apEnv) logSize(t *testing.T) int64 {
 	t.Helper()
 	fi, err := os.Stat(filepath.Join(e.env.Vars["PLATFORM_DIR"], "logs", "azure.log"))
@@ -419,11 +437,28 @@ func TestACRPushChartAndImages(t *testing.T) {
 
 	// The push, signed in only through the Entra variables of the platform env.
 	overlay := filepath.Join(t.TempDir(), "pinned.yaml")
+	offset := e.logSize(t)
 	r = e.acrpush(t, nil, chart, dst, "--auth", "azure", "-o", "json", "--values-out", overlay)
 	if r.Code != 0 {
 		t.Fatalf("push (exit %d):\n%s%s", r.Code, r.Stdout, r.Stderr)
 	}
 	res := decodeAP(t, r)
+	// Every distinct blob went up once (web: 2 x (config + 2 layers); api: config, own and shared
+	// layer; worker: config and own layer; chart: config and content); the shared layer was mounted
+	// into the second repository.
+	time.Sleep(200 * time.Millisecond)
+	var patches, mounts int
+	for _, l := range e.logLinesSince(t, offset, prefix) {
+		switch {
+		case strings.Contains(l, " PATCH "):
+			patches++
+		case strings.Contains(l, " POST ") && strings.Contains(l, "/blobs/uploads/ -> 201"):
+			mounts++
+		}
+	}
+	if patches != 13 || mounts != 1 || res.Transfer.BlobMounts != 1 {
+		t.Errorf("registry log: %d blob uploads (want 13), %d mounts (want 1); reported %d mounts", patches, mounts, res.Transfer.BlobMounts)
+	}
 	want := map[string]string{dst + "/" + ns + "/web:1.0": im.webD, dst + "/" + ns + "/api:2.1": im.apiD, dst + "/" + ns + "/worker:2.1": im.workerD}
 	for ref, d := range want {
 		if got := e.digest(t, ref); got != d {
@@ -456,7 +491,7 @@ func TestACRPushChartAndImages(t *testing.T) {
 	}
 
 	// A second run uploads no blob (counted in the registry's request log) and skips everything.
-	offset := e.logSize(t)
+	offset = e.logSize(t)
 	r = e.acrpush(t, nil, chart, dst, "--auth", "azure", "-o", "json")
 	if r.Code != 0 {
 		t.Fatalf("second push (exit %d): %s", r.Code, r.Stderr)

@@ -246,3 +246,51 @@ func TestNoSecretsInOutput(t *testing.T) {
 		t.Errorf("err = %v", err)
 	}
 }
+
+func TestInsecureSkipTLSVerify(t *testing.T) {
+	e := setup(t)
+	srv := httptest.NewTLSServer(registry.New(registry.Logger(log.New(io.Discard, "", 0))))
+	t.Cleanup(srv.Close)
+	host := strings.TrimPrefix(srv.URL, "https://")
+	_, _, err := run(t, nil, e.chart, host, "--auth", "anonymous")
+	if err == nil || !strings.Contains(err.Error(), "certificate trusted") {
+		t.Fatalf("untrusted certificate accepted: %v", err)
+	}
+	if _, _, err := run(t, nil, e.chart, host, "--auth", "anonymous", "--insecure-skip-tls-verify"); err != nil {
+		t.Fatalf("--insecure-skip-tls-verify: %v", err)
+	}
+}
+
+// TestDockerAuthFromRegistryConfig signs in with the credentials of HELM_REGISTRY_CONFIG, and
+// names the registry step when there are none.
+func TestDockerAuthFromRegistryConfig(t *testing.T) {
+	e := setup(t)
+	reg := registry.New(registry.Logger(log.New(io.Discard, "", 0)))
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if u, p, ok := r.BasicAuth(); !ok || u != "robot" || p != "s3cret-pass" {
+			w.Header().Set("Www-Authenticate", `Basic realm="test"`)
+			w.WriteHeader(http.StatusUnauthorized)
+			return
+		}
+		reg.ServeHTTP(w, r)
+	}))
+	t.Cleanup(srv.Close)
+	host := strings.TrimPrefix(srv.URL, "http://")
+	cfg := filepath.Join(t.TempDir(), "registry.json")
+	auth := base64.StdEncoding.EncodeToString([]byte("robot:s3cret-pass"))
+	if err := os.WriteFile(cfg, []byte(`{"auths":{"`+host+`":{"auth":"`+auth+`"}}}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("DOCKER_CONFIG", t.TempDir())
+	_, _, err := run(t, nil, e.chart, host)
+	if err == nil || !strings.Contains(err.Error(), "failed at the registry step") {
+		t.Fatalf("without credentials: %v", err)
+	}
+	out, errOut, err := run(t, func(o *PushOptions) { o.RegistryConfig = cfg; o.Debug = true }, e.chart, host)
+	if err != nil {
+		t.Fatalf("with HELM_REGISTRY_CONFIG credentials: %v", err)
+	}
+	if strings.Contains(out+errOut, "s3cret-pass") || strings.Contains(out+errOut, auth) {
+		t.Error("output contains the registry password")
+	}
+}

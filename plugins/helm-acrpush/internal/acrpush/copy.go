@@ -253,6 +253,10 @@ func registryError(registry string, err error) error {
 		case http.StatusForbidden:
 			return &SignInError{Registry: registry, Step: StepRegistry, Err: errors.New(oneLine(te.Error())), Hint: "access denied: check the role assignment and the registry firewall / network rules"}
 		}
+		if strings.Contains(te.Error(), "HTTP request to an HTTPS server") {
+			// ggcr falls back to http for local hosts when https fails, hiding the TLS error.
+			return fmt.Errorf("registry %s speaks https but the connection failed (is its certificate trusted? set SSL_CERT_FILE to its CA, or use --insecure-skip-tls-verify)", registry)
+		}
 		return fmt.Errorf("registry %s: %s", registry, oneLine(te.Error()))
 	}
 	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
