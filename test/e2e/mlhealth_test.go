@@ -373,3 +373,29 @@ func TestMLHealthLeastPrivilege(t *testing.T) {
 		t.Errorf("as nobody: exit %d, source %+v, stderr %q", res.Code, r.source("kubernetes"), res.Stderr)
 	}
 }
+
+func TestMLHealthWatch(t *testing.T) {
+	e := framework.Setup(t)
+	ns := e.Namespace(t)
+	e.Apply(t, ns, deployment("watched", 1, "example.com/app:v1", nil, ""))
+	res := mlhealth(t, e, nil, "watched", "-n", ns, "--wait-healthy", "--timeout", "1m", "--interval", "1s")
+	if res.Code != 0 {
+		t.Fatalf("wait: exit %d %s", res.Code, res.Stderr)
+	}
+
+	// On a pipe, -w appends one report per refresh, without escape sequences.
+	res = mlhealth(t, e, nil, "watched", "-n", ns, "-w", "--timeout", "3500ms", "--interval", "1s")
+	if n := strings.Count(res.Stdout, "Healthy  namespace "+ns); res.Code != 0 || n < 2 || strings.Contains(res.Stdout, "\x1b") {
+		t.Errorf("pipe: exit %d, %d reports:\n%q", res.Code, n, res.Stdout)
+	}
+
+	// On a terminal (script(1) gives the command a pseudo-terminal), it redraws in place, in colour.
+	cmd := e.Command("script", "-qec", "kubectl mlhealth watched -n "+ns+" -w --timeout 3500ms --interval 1s", "/dev/null")
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("script: %v", err)
+	}
+	if n := strings.Count(string(out), "\x1b[H\x1b[2J"); n < 2 || !strings.Contains(string(out), "\x1b[32mHealthy\x1b[0m") {
+		t.Errorf("terminal: %d redraws:\n%q", n, out)
+	}
+}

@@ -215,8 +215,12 @@ func renderTable(w io.Writer, r *health.Report, wide, color bool) error {
 	if r.Scope.Selector != "" {
 		scope += ", selector " + r.Scope.Selector
 	}
-	head := fmt.Sprintf("%s  %s, window %s, at %s", printers.Colorize(color, statusColor(r.Status), string(r.Status)),
-		scope, strings.TrimSuffix(strings.TrimSuffix(r.Scope.Since, "0s"), "0m"), r.GeneratedAt.Format("2006-01-02T15:04:05Z07:00"))
+	rest := fmt.Sprintf("  %s, window %s, at %s", scope, strings.TrimSuffix(strings.TrimSuffix(r.Scope.Since, "0s"), "0m"),
+		r.GeneratedAt.Format("2006-01-02T15:04:05Z07:00"))
+	if limit > 0 {
+		rest = truncate(rest, limit-width(string(r.Status)))
+	}
+	head := printers.Colorize(color, statusColor(r.Status), string(r.Status)) + rest
 	if _, err := fmt.Fprintln(w, head+"\n"); err != nil {
 		return err
 	}
