@@ -39,6 +39,7 @@ type SignInError struct {
 	Hint     string
 }
 
+// Error says the registry, the step, the cause and what to check, on one line.
 func (e *SignInError) Error() string {
 	msg := fmt.Sprintf("signing in to %s failed at the %s step: %v", e.Registry, e.Step, e.Err)
 	if e.Hint != "" {
@@ -47,6 +48,7 @@ func (e *SignInError) Error() string {
 	return msg
 }
 
+// Unwrap returns the cause.
 func (e *SignInError) Unwrap() error { return e.Err }
 
 // EntraAuth signs in to an Azure Container Registry with Entra ID: it gets an Entra access token

@@ -87,6 +87,7 @@ type CopyError struct {
 	Err             error
 }
 
+// Error lists the failed and the arrived images and the causes, on one line.
 func (e *CopyError) Error() string {
 	arrived := "none"
 	if len(e.Arrived) > 0 {
@@ -96,6 +97,7 @@ func (e *CopyError) Error() string {
 		strings.Join(e.Failed, ", "), arrived, e.Err)
 }
 
+// Unwrap returns the joined causes.
 func (e *CopyError) Unwrap() error { return e.Err }
 
 // Push pushes the chart at chartPath (a directory or .tgz) and every image it uses to dst. It
