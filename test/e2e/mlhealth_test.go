@@ -369,7 +369,7 @@ func TestMLHealthLeastPrivilege(t *testing.T) {
 	// Without the binding the same command fails with the API's reason and exit 1.
 	res := mlhealth(t, e, nil, "reader-app", "-n", ns, "--as", "nobody-"+ns, "-o", "json")
 	r := decodeReport(t, res.Stdout)
-	if res.Code != 1 || r.source("kubernetes").Status != "error" || !strings.Contains(r.source("kubernetes").Error, "forbidden") {
+	if res.Code != 1 || r.Status != "Unknown" || r.source("kubernetes").Status != "error" || !strings.Contains(r.source("kubernetes").Error, "forbidden") {
 		t.Errorf("as nobody: exit %d, source %+v, stderr %q", res.Code, r.source("kubernetes"), res.Stderr)
 	}
 }

@@ -12,11 +12,14 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/cli-runtime/pkg/genericclioptions"
 	"k8s.io/cli-runtime/pkg/genericiooptions"
 	k8sfake "k8s.io/client-go/kubernetes/fake"
+	k8stesting "k8s.io/client-go/testing"
 
 	"github.com/aks-mlops/mlplugins/pkg/shared/cliutil"
 
@@ -272,5 +275,21 @@ func TestTableIsColouredOnlyWhenEnabled(t *testing.T) {
 	// The whole padded cell is coloured, so the column after it still lines up.
 	if !strings.Contains(lines[3], "\x1b[31mCritical\x1b[0m  0/0") {
 		t.Errorf("row = %q", lines[3])
+	}
+}
+
+func TestKubernetesFailureIsUnknown(t *testing.T) {
+	o, out, _, _ := newOptions(t, "healthy")
+	c := k8sfake.NewClientset(&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "ml"}})
+	c.PrependReactor("list", "pods", func(k8stesting.Action) (bool, runtime.Object, error) {
+		return true, nil, apierrors.NewForbidden(schema.GroupResource{Resource: "pods"}, "", errors.New("rbac"))
+	})
+	o.Kube = &sources.Kubernetes{Client: c}
+	err := run(o, "-o", "json")
+	if cliutil.ExitCode(err) != ExitError || !strings.HasPrefix(err.Error(), "kubernetes source failed: listing pods: pods is forbidden") {
+		t.Errorf("error = %v", err)
+	}
+	if !strings.Contains(out.String(), `"status": "Unknown"`) {
+		t.Errorf("report = %s", out.String())
 	}
 }

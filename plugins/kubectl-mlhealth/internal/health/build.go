@@ -70,6 +70,11 @@ func Build(in Input, o Options) Report {
 	}
 	sortFindings(r.Findings)
 	r.Status = statusFor(worst)
+	for _, s := range in.Sources {
+		if s.Name == "kubernetes" && s.Status == SourceError {
+			r.Status = StatusUnknown
+		}
+	}
 	return r
 }
 

@@ -40,6 +40,8 @@ const (
 	StatusHealthy  Status = "Healthy"
 	StatusWarning  Status = "Warning"
 	StatusCritical Status = "Critical"
+	// StatusUnknown is the report's status when the Kubernetes source failed: there is no live state to judge.
+	StatusUnknown Status = "Unknown"
 )
 
 // statusFor maps the worst severity seen to a status.
