@@ -294,3 +294,28 @@ func TestDockerAuthFromRegistryConfig(t *testing.T) {
 		t.Error("output contains the registry password")
 	}
 }
+
+func TestProgressOnlyOnTerminalAndTimeout(t *testing.T) {
+	e := setup(t)
+	_, errOut, err := run(t, func(o *PushOptions) { o.IsTerminal = func(io.Writer) bool { return true } }, e.chart, e.dst, "--auth", "anonymous")
+	if err != nil || !strings.Contains(errOut, "\r[") {
+		t.Errorf("no progress bar on a terminal (%v): %q", err, errOut)
+	}
+	_, errOut, err = run(t, nil, e.chart, e.dst+"/again", "--auth", "anonymous")
+	if err != nil || strings.Contains(errOut, "\r") {
+		t.Errorf("progress bar off a terminal (%v): %q", err, errOut)
+	}
+
+	slow := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case <-r.Context().Done():
+		case <-time.After(5 * time.Second):
+		}
+	}))
+	t.Cleanup(slow.Close)
+	start := time.Now()
+	_, _, err = run(t, nil, e.chart, strings.TrimPrefix(slow.URL, "http://"), "--auth", "anonymous", "--timeout", "300ms")
+	if err == nil || !strings.Contains(err.Error(), "deadline exceeded") || time.Since(start) > 3*time.Second {
+		t.Errorf("--timeout: %v after %s", err, time.Since(start))
+	}
+}

@@ -94,7 +94,7 @@ func (e *CopyError) Error() string {
 		arrived = strings.Join(e.Arrived, ", ")
 	}
 	return fmt.Sprintf("copying images failed, chart not pushed (a rerun is safe): failed: %s; arrived: %s; %v",
-		strings.Join(e.Failed, ", "), arrived, e.Err)
+		strings.Join(e.Failed, ", "), arrived, strings.ReplaceAll(fmt.Sprint(e.Err), "\n", "; "))
 }
 
 // Unwrap returns the joined causes.
