@@ -4,7 +4,8 @@
 // multi-arch OCI index tagged with the version. Builds are reproducible: the same sources give the same
 // digests (file times and the image creation time come from SOURCE_DATE_EPOCH, default 0).
 //
-// The digests are printed on stdout as JSON; progress goes to stderr.
+// The digests are printed on stdout as JSON; progress goes to stderr. The Go toolchain used for the
+// cross-builds is $GO, else go on the PATH.
 //
 //	go run ./examples/model-server/cmd/build-image --registry "$SOURCE_REGISTRY"
 package main
