@@ -413,7 +413,8 @@ func chartWaitReady(t *testing.T, env *framework.Env, ns, release string, want i
 	cs := env.Clientset(t)
 	var pods []corev1.Pod
 	sel := "app.kubernetes.io/name=mlapp,app.kubernetes.io/instance=" + release
-	framework.Eventually(t, 4*time.Minute, func() (bool, error) {
+	// Generous: on a loaded platform the HPA controller can take minutes to raise a Deployment to minReplicas.
+	framework.Eventually(t, 6*time.Minute, func() (bool, error) {
 		list, err := cs.CoreV1().Pods(ns).List(context.Background(), metav1.ListOptions{LabelSelector: sel})
 		if err != nil {
 			return false, err
