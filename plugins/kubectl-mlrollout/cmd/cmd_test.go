@@ -194,7 +194,7 @@ func TestStartBadInput(t *testing.T) {
 		{"bad plan", []string{"start", "mlapp", "--image", "model=x:2", "--plan", badPlan}, `plan file "` + badPlan + `": line 5: bake: bad duration "soon" (want e.g. 30s, 2m, 1h)`},
 		{"same image", []string{"start", "mlapp", "--image", "model=mlapp:v1"}, `deployment "mlapp" already runs model=mlapp:v1`},
 		{"bad on-failure", []string{"start", "mlapp", "--image", "model=x:2", "--on-failure", "ignore"}, `unknown --on-failure "ignore" (want rollback or pause)`},
-		{"in progress", []string{"start", "busy", "--image", "model=x:2"}, `rollout 20261126-095000 of deployment "busy" is in progress (Progressing), driven by bob@ci (pid 7) (heartbeat 1s ago)`},
+		{"in progress", []string{"start", "busy", "--image", "model=x:2"}, `rollout 20261126-095000-000 of deployment "busy" is in progress (Progressing), driven by bob@ci (pid 7) (heartbeat 1s ago)`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -34,7 +34,7 @@ type StartSpec struct {
 // NewState builds the initial state of a rollout of d.
 func NewState(d *appsv1.Deployment, spec StartSpec, owner string, now time.Time) *State {
 	return &State{
-		ID:             now.UTC().Format("20060102-150405"),
+		ID:             rolloutID(now),
 		Phase:          PhaseProgressing,
 		Images:         spec.Images,
 		PreviousImages: previous(d, spec.Images),
@@ -50,6 +50,11 @@ func NewState(d *appsv1.Deployment, spec StartSpec, owner string, now time.Time)
 		Heartbeat:      now,
 		StartedAt:      now,
 	}
+}
+
+// rolloutID names a rollout by its start time (UTC, to the millisecond).
+func rolloutID(now time.Time) string {
+	return fmt.Sprintf("%s-%03d", now.UTC().Format("20060102-150405"), now.Nanosecond()/int(time.Millisecond))
 }
 
 func previous(d *appsv1.Deployment, images map[string]string) map[string]string {
@@ -288,7 +293,7 @@ func Undo(ctx context.Context, kube kubernetes.Interface, ns, name string, toRev
 		if dryRun {
 			return nil, errNoChange
 		}
-		rec := Record{ID: now.UTC().Format("20060102-150405"), Result: ResultUndone, Images: res.Images, PreviousImages: Images(&d.Spec.Template),
+		rec := Record{ID: rolloutID(now), Result: ResultUndone, Images: res.Images, PreviousImages: Images(&d.Spec.Template),
 			Reason: fmt.Sprintf("restored revision %d", res.Revision), StartedAt: now, FinishedAt: now, By: by}
 		d.Spec.Template = tmpl
 		if err := appendHistory(d, rec); err != nil {
