@@ -9,14 +9,18 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
+	"log"
 	"net"
 	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
 	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -629,7 +633,9 @@ func TestACRPushFailures(t *testing.T) {
 		// A TCP forwarder gives the emulator a second address: the TLS certificate (127.0.0.1) still
 		// matches, but the exchange names a service that is not this registry and ACR refuses it.
 		fwd := apForwarder(t, e.acr)
-		r := e.acrpush(t, nil, chart, fwd+"/ap-x", "--auth", "azure")
+		prefix := "ap-" + apRandom()
+		r := e.acrpush(t, nil, chart, fwd+"/"+prefix, "--auth", "azure")
+		noChart(t, e.acr+"/"+prefix)
 		apOneError(t, r, "failed at the ACR token exchange step")
 		if !strings.Contains(r.Stderr, "401") {
 			t.Errorf("stderr lacks the registry's answer: %s", r.Stderr)
@@ -679,4 +685,78 @@ func apForwarder(t *testing.T, target string) string {
 		}
 	}()
 	return ln.Addr().String()
+}
+
+// TestACRPushThroughFaults copies from SOURCE_REGISTRY through a proxy that answers a fifth of the
+// requests with 500/502/503/429 (Retry-After: 1) and resets a fifth of the blob downloads half-way,
+// and checks that every digest in ACR is the source's.
+func TestACRPushThroughFaults(t *testing.T) {
+	e := newAPEnv(t)
+	ns := "acrpush-faults-" + apRandom()
+	im := pushSourceImages(t, e.src, ns, 512<<10)
+	proxy := apFaultProxy(t, e.src)
+	via := strings.NewReplacer(e.src, proxy)
+	chart := writeShopChart(t, apImages{web: via.Replace(im.web), api: via.Replace(im.api), worker: via.Replace(im.worker)}, proxy, ns)
+	dst := e.acr + "/ap-" + apRandom()
+	r := e.acrpush(t, nil, chart, dst, "--auth", "azure", "-o", "json")
+	if r.Code != 0 {
+		t.Fatalf("push through faults (exit %d): %s", r.Code, r.Stderr)
+	}
+	for ref, d := range map[string]string{dst + "/" + ns + "/web:1.0": im.webD, dst + "/" + ns + "/api:2.1": im.apiD, dst + "/" + ns + "/worker:2.1": im.workerD} {
+		if got := e.digest(t, ref); got != d {
+			t.Errorf("%s: %q, want %s", ref, got, d)
+		}
+	}
+	if e.digest(t, dst+"/shop:0.3.0") == "" {
+		t.Error("chart missing")
+	}
+}
+
+// apFaultProxy is an HTTP proxy to target that fails a fifth of the requests (500, 502, 503, 429
+// with Retry-After) and resets a fifth of the blob downloads half-way through. It counts what it injected and fails the test when it
+// injected nothing.
+func apFaultProxy(t *testing.T, target string) string {
+	t.Helper()
+	// Every fifth request fails and every fifth blob download is cut, cycling through the codes.
+	var reqs, blobs, errorsN, resets atomic.Int64
+	up := &url.URL{Scheme: "http", Host: target}
+	rp := httputil.NewSingleHostReverseProxy(up)
+	rp.ErrorLog = log.New(io.Discard, "", 0)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/v2/" && reqs.Add(1)%5 == 0 {
+			code := []int{500, 502, 503, 429}[errorsN.Add(1)%4]
+			if code == 429 {
+				w.Header().Set("Retry-After", "1")
+			}
+			w.WriteHeader(code)
+			return
+		}
+		if r.Method == http.MethodGet && strings.Contains(r.URL.Path, "/blobs/sha256:") && blobs.Add(1)%5 == 2 {
+			resets.Add(1)
+			rec := httptest.NewRecorder()
+			rp.ServeHTTP(rec, r)
+			for k, v := range rec.Header() {
+				w.Header()[k] = v
+			}
+			w.WriteHeader(rec.Code)
+			_, _ = w.Write(rec.Body.Bytes()[:rec.Body.Len()/2])
+			w.(http.Flusher).Flush()
+			if conn, _, err := w.(http.Hijacker).Hijack(); err == nil {
+				if tc, ok := conn.(*net.TCPConn); ok {
+					_ = tc.SetLinger(0)
+				}
+				conn.Close()
+			}
+			return
+		}
+		rp.ServeHTTP(w, r)
+	}))
+	t.Cleanup(func() {
+		srv.Close()
+		t.Logf("fault proxy injected %d errors and %d resets", errorsN.Load(), resets.Load())
+		if errorsN.Load() == 0 || resets.Load() == 0 {
+			t.Error("the fault proxy injected nothing; the test proves nothing")
+		}
+	})
+	return strings.TrimPrefix(srv.URL, "http://")
 }
