@@ -159,8 +159,16 @@ func runEnv(args []string, stdout, stderr io.Writer) error {
 		}
 		return err
 	}
-	_, err = stdout.Write(b)
-	return err
+	// The client secret stays in the file: source the file rather than this output.
+	for _, line := range strings.SplitAfter(string(b), "\n") {
+		if strings.HasPrefix(line, "export AZURE_CLIENT_SECRET=") {
+			line = "export AZURE_CLIENT_SECRET='***' # hidden; source " + filepath.Join(dir, "env") + "\n"
+		}
+		if _, err := io.WriteString(stdout, line); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // checkHealth returns one line per problem; none means the platform is usable.
