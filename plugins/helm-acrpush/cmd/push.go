@@ -306,7 +306,6 @@ func (o *PushOptions) Run(ctx context.Context) (err error) {
 			Registry:   o.Destination.Registry,
 			Credential: cred,
 			Scopes:     []string{azure.ScopeACR, azure.ScopeARM},
-			Client:     &http.Client{Transport: base, Timeout: 2 * time.Minute},
 			PlainHTTP:  o.PlainHTTP,
 		}
 		opts = append(opts, acrpush.WithTargetAuth(o.targetAuth))

@@ -66,7 +66,7 @@ type EntraAuth struct {
 	Scopes []string
 	// Tenant is sent with the exchange; empty means the tid claim of the Entra token.
 	Tenant string
-	// Client sends the exchange request.
+	// Client sends the exchange request (Push fills in its retrying, logging client when nil).
 	Client *http.Client
 	// PlainHTTP exchanges over http (local test registries only).
 	PlainHTTP bool

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/http"
 	"sort"
 	"strings"
 	"sync"
@@ -161,6 +162,10 @@ func Push(ctx context.Context, chartPath string, dst Destination, opts ...Option
 	pusher, err := remote.NewPusher(ropts...)
 	if err != nil {
 		return nil, err
+	}
+	if ea, ok := o.TargetAuth.(*EntraAuth); ok && ea.Client == nil {
+		// The exchange goes through the same retries and request log as everything else.
+		ea.Client = &http.Client{Transport: rt}
 	}
 	if o.TargetAuth != nil {
 		if _, err := authn.Authorization(ctx, o.TargetAuth); err != nil {

@@ -35,13 +35,16 @@ func isRetryStatus(code int) bool {
 	return false
 }
 
+// isRetryError reports whether a transport error is worth retrying: a dropped or timed-out
+// connection. A refused connection is not: the registry is not there, and the user should hear
+// so at once.
 func isRetryError(err error) bool {
 	if err == nil || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
 		return false
 	}
 	var nerr net.Error
 	return errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) || errors.Is(err, syscall.ECONNRESET) ||
-		errors.Is(err, syscall.EPIPE) || errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, net.ErrClosed) ||
+		errors.Is(err, syscall.EPIPE) || errors.Is(err, net.ErrClosed) ||
 		(errors.As(err, &nerr) && nerr.Timeout())
 }
 
