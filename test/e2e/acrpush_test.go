@@ -760,3 +760,101 @@ func apFaultProxy(t *testing.T, target string) string {
 	})
 	return strings.TrimPrefix(srv.URL, "http://")
 }
+
+// TestACRPushThroughFaultsToACR puts the fault proxy between the tool and the ACR emulator: it
+// terminates TLS with the emulator's own certificate, fails every fifth request (500, 502, 503,
+// 429 with Retry-After), resets every fifth blob upload half-way through, and relays the rest.
+func TestACRPushThroughFaultsToACR(t *testing.T) {
+	e := newAPEnv(t)
+	ns := "acrpush-dstfaults-" + apRandom()
+	im := pushSourceImages(t, e.src, ns, 512<<10)
+	chart := writeShopChart(t, im, e.src, ns)
+	proxy := e.acrFaultProxy(t)
+	prefix := "ap-" + apRandom()
+	r := e.acrpush(t, nil, chart, proxy+"/"+prefix, "--auth", "azure", "-o", "json")
+	if r.Code != 0 {
+		t.Fatalf("push through faults (exit %d): %s", r.Code, r.Stderr)
+	}
+	dst := e.acr + "/" + prefix
+	for ref, d := range map[string]string{dst + "/" + ns + "/web:1.0": im.webD, dst + "/" + ns + "/api:2.1": im.apiD, dst + "/" + ns + "/worker:2.1": im.workerD} {
+		if got := e.digest(t, ref); got != d {
+			t.Errorf("%s: %q, want %s", ref, got, d)
+		}
+	}
+	if got := e.digest(t, dst+"/shop:0.3.0"); got == "" || got != decodeAP(t, r).Chart.Digest {
+		t.Errorf("chart digest %q", got)
+	}
+}
+
+// acrFaultProxy relays to the ACR emulator with faults. The token exchange names the emulator as
+// its service (the proxy rewrites it, as a gateway in front of a registry would present the
+// registry's name), and absolute upload Locations and the token realm point back at the proxy.
+func (e *apEnv) acrFaultProxy(t *testing.T) string {
+	t.Helper()
+	dir := filepath.Join(e.env.Vars["PLATFORM_DIR"], "azure")
+	cert, err := tls.LoadX509KeyPair(filepath.Join(dir, "tls.pem"), filepath.Join(dir, "tls-key.pem"))
+	if err != nil {
+		t.Fatalf("emulator certificate: %v", err)
+	}
+	var reqs, patches, errorsN, resets atomic.Int64
+	var self string
+	rp := &httputil.ReverseProxy{
+		Rewrite: func(pr *httputil.ProxyRequest) {
+			pr.SetURL(&url.URL{Scheme: "https", Host: e.acr})
+			pr.Out.Host = e.acr
+		},
+		ModifyResponse: func(resp *http.Response) error {
+			if loc := resp.Header.Get("Location"); loc != "" {
+				resp.Header.Set("Location", strings.Replace(loc, "https://"+e.acr, "https://"+self, 1))
+			}
+			// Token requests go through the proxy too (clients refuse a realm on another private host).
+			if ch := resp.Header.Get("Www-Authenticate"); ch != "" {
+				resp.Header.Set("Www-Authenticate", strings.Replace(ch, "realm=\"https://"+e.acr, "realm=\"https://"+self, 1))
+			}
+			return nil
+		},
+		Transport: e.transport,
+		ErrorLog:  log.New(io.Discard, "", 0),
+	}
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/oauth2/exchange" {
+			_ = r.ParseForm()
+			r.PostForm.Set("service", e.acr)
+			body := r.PostForm.Encode()
+			r.Body = io.NopCloser(strings.NewReader(body))
+			r.ContentLength = int64(len(body))
+		}
+		if r.URL.Path != "/v2/" && reqs.Add(1)%5 == 0 {
+			code := []int{500, 502, 503, 429}[errorsN.Add(1)%4]
+			if code == 429 {
+				w.Header().Set("Retry-After", "1")
+			}
+			_, _ = io.Copy(io.Discard, r.Body)
+			w.WriteHeader(code)
+			return
+		}
+		if r.Method == http.MethodPatch && patches.Add(1)%5 == 2 {
+			resets.Add(1)
+			_, _ = io.CopyN(io.Discard, r.Body, max(r.ContentLength/2, 1))
+			if conn, _, err := w.(http.Hijacker).Hijack(); err == nil {
+				if tc, ok := conn.(*net.TCPConn); ok {
+					_ = tc.SetLinger(0)
+				}
+				conn.Close()
+			}
+			return
+		}
+		rp.ServeHTTP(w, r)
+	}))
+	srv.TLS = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+	srv.StartTLS()
+	self = strings.TrimPrefix(srv.URL, "https://")
+	t.Cleanup(func() {
+		srv.Close()
+		t.Logf("ACR fault proxy injected %d errors and %d resets", errorsN.Load(), resets.Load())
+		if errorsN.Load() == 0 || resets.Load() == 0 {
+			t.Error("the fault proxy injected nothing; the test proves nothing")
+		}
+	})
+	return self
+}

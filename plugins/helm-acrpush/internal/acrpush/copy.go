@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/url"
 	"sort"
@@ -262,7 +263,11 @@ func registryError(registry string, err error) error {
 	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
 		return fmt.Errorf("registry %s: %w", registry, err)
 	}
-	return fmt.Errorf("registry %s is unreachable: %s (check the login server name, DNS, proxy and firewall)", registry, oneLine(unwrapURLError(err).Error()))
+	var nerr net.Error
+	if errors.As(err, &nerr) {
+		return fmt.Errorf("registry %s is unreachable: %s (check the login server name, DNS, proxy and firewall)", registry, oneLine(unwrapURLError(err).Error()))
+	}
+	return fmt.Errorf("registry %s: %s", registry, oneLine(unwrapURLError(err).Error()))
 }
 
 // sourceBlob is a blob read from the source registry as it is written, so that memory does not
