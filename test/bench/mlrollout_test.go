@@ -258,7 +258,7 @@ watch from "all canary pods of the step are Ready" to "the rollout state on the 
 | --- | --- | --- | --- | --- |
 | %d | %s | %s | median <= 50 ms | %s |
 
-API requests: %d for %d steps, **%.1f per step** (start-up included: informer lists and watches, access review, events).
+API requests: %d for %d steps, **%.1f per step** (counted from the claim of the rollout on: informer lists and watches, state writes, canary scaling, events; the validation before it is not counted).
 
 **4-step canary vs a plain rolling update**, same image change on two identical 10-replica Deployments in one run:
 

@@ -69,6 +69,11 @@ func (g countingGetter) ToRESTConfig() (*rest.Config, error) {
 		return nil, err
 	}
 	c = rest.CopyConfig(c)
+	// client-go's default 5 QPS would delay a step's writes by its token bucket; a rollout sends a
+	// handful of requests per step, in bursts.
+	if c.QPS == 0 {
+		c.QPS, c.Burst = 50, 100
+	}
 	c.Wrap(func(rt http.RoundTripper) http.RoundTripper { return countingRT{rt: rt, n: g.n} })
 	return c, nil
 }
