@@ -380,6 +380,43 @@ func TestMlrolloutPauseStep(t *testing.T) {
 	if res := mlr(t, env, ns, "status", "mlapp"); res.Code != 4 || !strings.Contains(res.Stdout, "Paused") {
 		t.Errorf("status: exit %d\n%s", res.Code, res.Stdout)
 	}
+	// The tracks do not fight: the stable ReplicaSets (whose selector also matches canary pods) adopt
+	// none of them, the canary pods belong to the canary's ReplicaSet, and the Service selects both.
+	kube := env.Clientset(t)
+	framework.Eventually(t, 60*time.Second, func() (bool, error) {
+		d := mlrDeployment(t, env, ns, "mlapp")
+		if d.Status.Replicas != 4 || d.Status.ReadyReplicas != 4 {
+			return false, fmt.Errorf("stable status %d/%d, want 4/4", d.Status.ReadyReplicas, d.Status.Replicas)
+		}
+		pods, err := kube.CoreV1().Pods(ns).List(context.Background(), metav1.ListOptions{LabelSelector: mlrCanarySel})
+		if err != nil || len(pods.Items) != 1 {
+			return false, fmt.Errorf("canary pods: %v (%d)", err, len(pods.Items))
+		}
+		ref := metav1.GetControllerOf(&pods.Items[0])
+		if ref == nil || !strings.HasPrefix(ref.Name, "mlapp-canary-") {
+			return false, fmt.Errorf("canary pod controller = %v", ref)
+		}
+		slices, err := kube.DiscoveryV1().EndpointSlices(ns).List(context.Background(), metav1.ListOptions{LabelSelector: "kubernetes.io/service-name=mlapp"})
+		if err != nil {
+			return false, err
+		}
+		n, canary := 0, false
+		for _, sl := range slices.Items {
+			for _, ep := range sl.Endpoints {
+				n++
+				if ep.TargetRef != nil && ep.TargetRef.Name == pods.Items[0].Name {
+					canary = true
+				}
+			}
+		}
+		if n != 5 || !canary {
+			return false, fmt.Errorf("service endpoints: %d, canary pod among them: %v", n, canary)
+		}
+		return true, nil
+	})
+	if res := mlr(t, env, ns, "status", "mlapp", "-w", "--timeout", "5s"); res.Code != 4 {
+		t.Errorf("status -w on a paused rollout: exit %d, want 4", res.Code)
+	}
 	if res := mlr(t, env, ns, "promote", "mlapp"); res.Code != 0 {
 		t.Fatalf("promote: exit %d", res.Code)
 	}
@@ -509,6 +546,9 @@ func TestMlrolloutSecondStartNamesOwner(t *testing.T) {
 	}
 	if c := mlrDeployment(t, env, ns, "mlapp-canary"); c.Spec.Template.Spec.Containers[0].Image != canaryBefore.Spec.Template.Spec.Containers[0].Image {
 		t.Error("the second start changed the canary")
+	}
+	if res := mlr(t, env, ns, "status", "mlapp", "-w", "--timeout", "3s"); res.Code != 3 || !strings.Contains(res.Stderr, "timed out") {
+		t.Errorf("status -w while baking: exit %d, want 3", res.Code)
 	}
 	// abort from a second terminal stops the first driver (exit 1) and restores the Deployment.
 	if res := mlr(t, env, ns, "abort", "mlapp"); res.Code != 0 {
