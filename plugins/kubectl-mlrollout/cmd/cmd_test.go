@@ -2,6 +2,8 @@ package cmd
 
 import (
 	"bytes"
+	"context"
+	"errors"
 	"encoding/json"
 	"flag"
 	"os"
@@ -251,5 +253,42 @@ func TestControlWithoutRollout(t *testing.T) {
 	}
 	if code, err := fx.run("list"); code != 0 || !strings.Contains(fx.errOut.String(), "No rollouts in progress.") {
 		t.Fatalf("list: exit %d: %v", code, err)
+	}
+}
+
+func TestPrometheusFlagsReachTheClient(t *testing.T) {
+	planFile := filepath.Join(t.TempDir(), "plan.yaml")
+	if err := os.WriteFile(planFile, []byte("apiVersion: mlrollout.aks-mlops.io/v1alpha1\nkind: RolloutPlan\nsteps:\n- weight: 10\nchecks:\n- name: e\n  prometheus:\n    query: 'x{namespace=\"{{ .Namespace }}\"}'\n    max: 1\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		args     []string
+		wantAuth string
+		wantErr  string
+	}{
+		{[]string{"--prometheus-url", "https://ws.eastus.prometheus.monitor.azure.com", "--prometheus-auth", "azure"}, "azure", `check "e": prometheus at https://ws.eastus.prometheus.monitor.azure.com: unreachable`},
+		{[]string{"--prometheus-url", "http://prom:9090"}, "", `check "e": prometheus at http://prom:9090: unreachable`},
+		{nil, "-", `check "e" is a prometheus check: --prometheus-url is required`},
+	}
+	for _, tt := range tests {
+		fx := newFixture(t, stable(3))
+		gotAuth, gotQuery := "-", ""
+		fx.f.NewQuery = func(url, auth string) (rollout.QueryFunc, error) {
+			gotAuth = auth
+			return func(_ context.Context, q string) ([]rollout.Sample, error) {
+				gotQuery = q
+				return nil, errors.New("unreachable")
+			}, nil
+		}
+		code, err := fx.run(append([]string{"start", "mlapp", "--image", "model=mlapp:v2", "--plan", planFile}, tt.args...)...)
+		if code != 1 || err == nil || err.Error() != tt.wantErr {
+			t.Fatalf("%v: exit %d, err %v, want %s", tt.args, code, err, tt.wantErr)
+		}
+		if gotAuth != tt.wantAuth {
+			t.Errorf("%v: auth %q, want %q", tt.args, gotAuth, tt.wantAuth)
+		}
+		if tt.wantAuth != "-" && gotQuery != `x{namespace="ml"}` {
+			t.Errorf("probe query = %q", gotQuery)
+		}
 	}
 }

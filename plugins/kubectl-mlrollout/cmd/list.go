@@ -5,6 +5,7 @@ import (
 	"fmt"
 
 	"github.com/spf13/cobra"
+	appsv1 "k8s.io/api/apps/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/aks-mlops/mlplugins/pkg/shared/printers"
@@ -63,7 +64,7 @@ func (o *ListOptions) Run(ctx context.Context) error {
 		if _, ok := d.Annotations[rollout.AnnotationState]; !ok {
 			continue
 		}
-		var canary = (*appsv1Deployment)(nil)
+		var canary *appsv1.Deployment
 		if j, ok := byName[d.Namespace+"/"+rollout.CanaryName(d.Name)]; ok {
 			canary = &deps.Items[j]
 		}

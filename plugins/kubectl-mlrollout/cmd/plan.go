@@ -7,15 +7,12 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
-	autoscalingv2 "k8s.io/api/autoscaling/v2"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/aks-mlops/mlplugins/pkg/shared/printers"
 	"github.com/aks-mlops/mlplugins/plugins/kubectl-mlrollout/internal/plan"
 	"github.com/aks-mlops/mlplugins/plugins/kubectl-mlrollout/internal/rollout"
 )
-
-type autoscalingv2HPA = autoscalingv2.HorizontalPodAutoscaler
 
 // PlanOptions holds the inputs of 'kubectl mlrollout plan'.
 type PlanOptions struct {
@@ -108,12 +105,10 @@ func (o *PlanOptions) Run(ctx context.Context) error {
 		replicas = *d.Spec.Replicas
 	}
 	if hpas, err := c.Kube.AutoscalingV2().HorizontalPodAutoscalers(o.Namespace).List(ctx, metav1.ListOptions{}); err == nil {
-		for i := range hpas.Items {
-			if h := rollout.FindHPA([]*autoscalingv2HPA{&hpas.Items[i]}, o.Name); h != nil {
-				mode = plan.HPA
-				if h.Status.DesiredReplicas > 0 {
-					replicas = h.Status.DesiredReplicas
-				}
+		if h := rollout.HPAFor(hpas.Items, o.Name); h != nil {
+			mode = plan.HPA
+			if h.Status.DesiredReplicas > 0 {
+				replicas = h.Status.DesiredReplicas
 			}
 		}
 	}

@@ -166,10 +166,8 @@ func (o *StartOptions) prepare(ctx context.Context) (*appsv1.Deployment, rollout
 	if err != nil {
 		return nil, spec, fmt.Errorf("listing horizontalpodautoscalers: %w", err)
 	}
-	for i := range hpas.Items {
-		if rollout.FindHPA([]*autoscalingv2HPA{&hpas.Items[i]}, o.Name) != nil {
-			spec.Mode = plan.HPA
-		}
+	if rollout.HPAFor(hpas.Items, o.Name) != nil {
+		spec.Mode = plan.HPA
 	}
 	probe := rollout.NewState(d, spec, o.f.Owner, now)
 	if err := o.f.checkAccess(ctx, o.Namespace, driveAccess(probe)); err != nil {

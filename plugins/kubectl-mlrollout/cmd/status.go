@@ -8,6 +8,7 @@ import (
 
 	"github.com/spf13/cobra"
 	appsv1 "k8s.io/api/apps/v1"
+	autoscalingv2 "k8s.io/api/autoscaling/v2"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
@@ -91,13 +92,9 @@ func (o *StatusOptions) summarize(ctx context.Context, d *appsv1.Deployment) (ro
 	if err != nil {
 		return rollout.Summary{}, fmt.Errorf("getting deployment %q: %w", rollout.CanaryName(o.Name), err)
 	}
-	var hpa *autoscalingv2HPA
+	var hpa *autoscalingv2.HorizontalPodAutoscaler
 	if hpas, err := c.Kube.AutoscalingV2().HorizontalPodAutoscalers(o.Namespace).List(ctx, metav1.ListOptions{}); err == nil {
-		for i := range hpas.Items {
-			if h := rollout.FindHPA([]*autoscalingv2HPA{&hpas.Items[i]}, o.Name); h != nil {
-				hpa = h
-			}
-		}
+		hpa = rollout.HPAFor(hpas.Items, o.Name)
 	}
 	return rollout.Summarize(d, canary, hpa, o.f.Now())
 }

@@ -6,12 +6,9 @@ import (
 	"fmt"
 
 	"github.com/spf13/cobra"
-	appsv1 "k8s.io/api/apps/v1"
 
 	"github.com/aks-mlops/mlplugins/plugins/kubectl-mlrollout/internal/rollout"
 )
-
-type appsv1Deployment = appsv1.Deployment
 
 // UndoOptions holds the inputs of 'kubectl mlrollout undo'.
 type UndoOptions struct {

@@ -184,6 +184,15 @@ func FindHPA(hpas []*autoscalingv2.HorizontalPodAutoscaler, name string) *autosc
 	return nil
 }
 
+// HPAFor returns the HPA among items that scales the Deployment named name, or nil.
+func HPAFor(items []autoscalingv2.HorizontalPodAutoscaler, name string) *autoscalingv2.HorizontalPodAutoscaler {
+	list := make([]*autoscalingv2.HorizontalPodAutoscaler, len(items))
+	for i := range items {
+		list[i] = &items[i]
+	}
+	return FindHPA(list, name)
+}
+
 // hpaReplicas is the replica count the canary follows under an HPA: its desired count, else the
 // Deployment's current replicas.
 func hpaReplicas(h *autoscalingv2.HorizontalPodAutoscaler, d *appsv1.Deployment) int32 {
