@@ -3,8 +3,8 @@ package cmd
 import (
 	"bytes"
 	"context"
-	"errors"
 	"encoding/json"
+	"errors"
 	"flag"
 	"os"
 	"path/filepath"
