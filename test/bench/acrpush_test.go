@@ -371,7 +371,7 @@ registry side (TLS termination in the ACR emulator, hashing and writing in the d
 which has to take every distinct byte once in both cases. acrpush sends 300 MB where the baseline
 sends 380 MB (the shared layer goes up once and is mounted), runs the transfers in parallel in one
 process and signs in once, but the registry work per byte is the same; over a real network, where
-each sequential ` + "`crane copy`" + ` is bound by latency and per-stream bandwidth, the parallel copy gains more.`
+each sequential ` + "`crane copy`" + ` is bound by latency and per-stream bandwidth, the parallel copy should gain more (not measured here).`
 	}
 	verdict := func(ok bool) string {
 		if ok {
