@@ -674,6 +674,8 @@ func writeEnv(dir string, st *State, bundle, secret string) error {
 		{"AZURE_AUTHORITY_HOST", "https://" + st.Entra + "/"},
 		{"SSL_CERT_FILE", bundle},
 		{"PROMETHEUS_URL", st.Prometheus},
+		{"PROMETHEUS_DATA_DIR", filepath.Join(dir, "prometheus/data")},
+		{"PROMETHEUS_RULES_DIR", filepath.Join(dir, "prometheus/rules")},
 		{"PLATFORM_NODES", strconv.Itoa(st.Nodes)},
 	}
 	var b strings.Builder

@@ -60,7 +60,8 @@ var (
 )
 
 // Setup brings the platform up (or reuses a healthy one), builds the plugins into bin/ and returns the
-// environment. It runs once per test binary; later calls return the same Env.
+// environment. It runs once per test binary; later calls return the same Env. With PLATFORM_NODES set
+// (at most 50), a running platform with fewer nodes gets the missing ones (nodes are never removed).
 func Setup(t testing.TB) *Env {
 	t.Helper()
 	setupOnce.Do(func() { setupEnv, setupErr = setup() })
@@ -100,14 +101,16 @@ func setup() (*Env, error) {
 	if platformDir == "" {
 		platformDir = filepath.Join(root, ".platform")
 	}
-	if !platformHealthy() {
+	healthy := platformHealthy()
+	if !healthy || wantMoreNodes() {
+		// up is idempotent: on a healthy platform it only adds the nodes PLATFORM_NODES asks for.
 		cmd := launcherCommand(root, "up")
 		cmd.Stdout = &setupLogBuf
 		cmd.Stderr = &setupLogBuf
 		if err := cmd.Run(); err != nil {
 			return nil, fmt.Errorf("platform up: %w", err)
 		}
-		startedHere = true
+		startedHere = !healthy
 	}
 	vars, err := readEnvFile(filepath.Join(platformDir, "env"))
 	if err != nil {
@@ -141,6 +144,20 @@ func platformHealthy() bool {
 	cmd := exec.Command(launcher, "status")
 	cmd.Env = append(os.Environ(), "PLATFORM_DIR="+platformDir)
 	return cmd.Run() == nil
+}
+
+// wantMoreNodes reports whether $PLATFORM_NODES asks for more nodes than the running platform has.
+func wantMoreNodes() bool {
+	want, err := strconv.Atoi(os.Getenv("PLATFORM_NODES"))
+	if err != nil {
+		return false
+	}
+	vars, err := readEnvFile(filepath.Join(platformDir, "env"))
+	if err != nil {
+		return true
+	}
+	have, err := strconv.Atoi(vars["PLATFORM_NODES"])
+	return err != nil || want > have
 }
 
 // launcherCommand runs the launcher from source (go run in test/platform, its own module).
