@@ -80,7 +80,7 @@ func NewCanary(stable *appsv1.Deployment, images map[string]string, replicas int
 			Annotations: map[string]string{AnnotationRolloutID: rolloutID},
 			OwnerReferences: []metav1.OwnerReference{{
 				APIVersion: "apps/v1", Kind: "Deployment", Name: stable.Name, UID: stable.UID,
-				Controller: &yes, BlockOwnerDeletion: &yes,
+				Controller: &yes,
 			}},
 		},
 		Spec: appsv1.DeploymentSpec{

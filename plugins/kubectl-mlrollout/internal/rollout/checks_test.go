@@ -1,0 +1,83 @@
+package rollout
+
+import (
+	"context"
+	"errors"
+	"math"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/aks-mlops/mlplugins/plugins/kubectl-mlrollout/internal/plan"
+)
+
+func f64(v float64) *float64 { return &v }
+
+func TestPrometheusCheck(t *testing.T) {
+	answers := map[string][]Sample{
+		"canary":   {{Value: 2}},
+		"baseline": {{Value: 1}},
+		"zero":     {{Value: 0}},
+		"empty":    nil,
+		"nan":      {{Value: math.NaN()}},
+		"two":      {{Value: 1}, {Value: 2}},
+	}
+	query := func(_ context.Context, q string) ([]Sample, error) {
+		if q == "broken" {
+			return nil, errors.New("prometheus bad_data (HTTP 400): parse error")
+		}
+		return answers[q], nil
+	}
+	tests := []struct {
+		name string
+		pc   plan.PrometheusCheck
+		pass bool
+		msg  string
+	}{
+		{"below max", plan.PrometheusCheck{Query: "canary", Max: f64(3)}, true, "value 2 within bounds"},
+		{"above max", plan.PrometheusCheck{Query: "canary", Max: f64(1.5)}, false, "2 > max 1.5"},
+		{"below min", plan.PrometheusCheck{Query: "canary", Min: f64(5)}, false, "2 < min 5"},
+		{"ratio ok", plan.PrometheusCheck{Query: "canary", BaselineQuery: "baseline", MaxRatio: f64(2.5)}, true, "canary 2 / baseline 1 = 2"},
+		{"ratio too high", plan.PrometheusCheck{Query: "canary", BaselineQuery: "baseline", MaxRatio: f64(1.2)}, false, "canary 2 / baseline 1 = 2 > maxRatio 1.2"},
+		{"baseline zero", plan.PrometheusCheck{Query: "canary", BaselineQuery: "zero", MaxRatio: f64(1.2)}, false, "canary 2, baseline 0"},
+		{"empty", plan.PrometheusCheck{Query: "empty", Max: f64(1)}, false, "failed measurement: query returned no data"},
+		{"nan", plan.PrometheusCheck{Query: "nan", Max: f64(1)}, false, "failed measurement: query returned NaN"},
+		{"two series", plan.PrometheusCheck{Query: "two", Max: f64(5)}, false, "failed measurement: query returned 2 series; aggregate it to one (for example with sum)"},
+		{"error", plan.PrometheusCheck{Query: "broken", Max: f64(1)}, false, "failed measurement: prometheus bad_data (HTTP 400): parse error"},
+		{"empty baseline", plan.PrometheusCheck{Query: "canary", BaselineQuery: "empty", MaxRatio: f64(1)}, false, "failed baseline measurement: query returned no data"},
+	}
+	k := &Checker{Query: query}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			pc := tt.pc
+			m := k.Run(context.Background(), plan.Check{Name: "c", Prometheus: &pc}, checkTarget{})
+			if m.Passed != tt.pass || m.Message != tt.msg {
+				t.Fatalf("got %v %q, want %v %q", m.Passed, m.Message, tt.pass, tt.msg)
+			}
+		})
+	}
+}
+
+func TestHTTPCheckLatencyAndErrors(t *testing.T) {
+	slow := func(_ context.Context, _, pod string, _ int, _ *http.Request) (*HTTPResponse, error) {
+		if pod == "broken" {
+			return nil, errors.New("connection refused")
+		}
+		return &HTTPResponse{Status: 200, Body: []byte(`{}`), Latency: 800 * time.Millisecond}, nil
+	}
+	k := &Checker{PodHTTP: slow}
+	c := plan.Check{Name: "h", HTTP: &plan.HTTPCheck{Port: 80, Path: "/", Method: "GET", ExpectStatus: 200, MaxLatency: plan.Duration(500 * time.Millisecond)}}
+	m := k.Run(context.Background(), c, checkTarget{CanaryPods: []string{"p1"}})
+	if m.Passed || m.Message != "pod p1 answered in 800ms > maxLatency 500ms" {
+		t.Fatalf("slow: %+v", m)
+	}
+	m = k.Run(context.Background(), c, checkTarget{CanaryPods: []string{"broken"}})
+	if m.Passed || !strings.Contains(m.Message, "failed measurement: GET / on pod broken: connection refused") {
+		t.Fatalf("broken: %+v", m)
+	}
+	m = k.Run(context.Background(), c, checkTarget{})
+	if m.Passed || m.Message != "failed measurement: no Ready canary pod" {
+		t.Fatalf("no pods: %+v", m)
+	}
+}
