@@ -183,6 +183,10 @@ func TestStartBadInput(t *testing.T) {
 	}
 	busy, _ := inProgress(t, "bob@ci (pid 7)", clock.Add(-time.Second))
 	busy.Name = "busy"
+	paused := stable(3)
+	paused.Name, paused.Spec.Paused = "paused", true
+	zero := stable(0)
+	zero.Name = "zero"
 	tests := []struct {
 		name string
 		args []string
@@ -196,11 +200,16 @@ func TestStartBadInput(t *testing.T) {
 		{"bad plan", []string{"start", "mlapp", "--image", "model=x:2", "--plan", badPlan}, `plan file "` + badPlan + `": line 5: bake: bad duration "soon" (want e.g. 30s, 2m, 1h)`},
 		{"same image", []string{"start", "mlapp", "--image", "model=mlapp:v1"}, `deployment "mlapp" already runs model=mlapp:v1`},
 		{"bad on-failure", []string{"start", "mlapp", "--image", "model=x:2", "--on-failure", "ignore"}, `unknown --on-failure "ignore" (want rollback or pause)`},
+		{"paused deployment", []string{"start", "paused", "--image", "model=x:2"}, "deployment \"paused\" is paused (spec.paused); resume it with `kubectl rollout resume` first"},
+		{"zero replicas", []string{"start", "zero", "--image", "model=x:2"}, `deployment "zero" is scaled to 0 replicas; there is no traffic to canary`},
+		{"bad dry-run", []string{"start", "mlapp", "--image", "model=x:2", "--dry-run=yes"}, `unknown --dry-run "yes" (want client or server)`},
+		{"plan and steps", []string{"start", "mlapp", "--image", "model=x:2", "--steps", "10", "--plan", badPlan}, `--plan and --steps are mutually exclusive (put the steps in the plan file)`},
+		{"bad output", []string{"start", "mlapp", "--image", "model=x:2", "-o", "yaml"}, `unknown output format "yaml" (want one of: json)`},
 		{"in progress", []string{"start", "busy", "--image", "model=x:2"}, `rollout 20261126-095000-000 of deployment "busy" is in progress (Progressing), driven by bob@ci (pid 7) (heartbeat 1s ago)`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			fx := newFixture(t, stable(3), busy)
+			fx := newFixture(t, stable(3), busy, paused, zero)
 			code, err := fx.run(tt.args...)
 			if code != 1 || err == nil || err.Error() != tt.want {
 				t.Fatalf("exit %d, err %v\nwant %s", code, err, tt.want)

@@ -151,6 +151,9 @@ func (o *StartOptions) prepare(ctx context.Context) (*appsv1.Deployment, rollout
 		if reflect.DeepEqual(prevImages(d, o.Images), o.Images) {
 			return nil, spec, fmt.Errorf("deployment %q already runs %s", o.Name, rollout.ImagesString(o.Images))
 		}
+		if d.Spec.Paused {
+			return nil, spec, fmt.Errorf("deployment %q is paused (spec.paused); resume it with `kubectl rollout resume` first", o.Name)
+		}
 		if d.Spec.Replicas != nil && *d.Spec.Replicas == 0 {
 			return nil, spec, fmt.Errorf("deployment %q is scaled to 0 replicas; there is no traffic to canary", o.Name)
 		}
