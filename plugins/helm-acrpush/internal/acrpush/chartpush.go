@@ -121,12 +121,17 @@ func (l staticLayer) Compressed() (io.ReadCloser, error) {
 }
 func (l staticLayer) Uncompressed() (io.ReadCloser, error) { return l.Compressed() }
 
-// push writes the config and chart blobs, then the manifest under ref.
-func (a *chartArtifact) push(ctx context.Context, pusher *remote.Pusher, ref name.Reference, count func(int64)) error {
+// uploadBlobs writes the config and chart blobs into ref's repository.
+func (a *chartArtifact) uploadBlobs(ctx context.Context, pusher *remote.Pusher, ref name.Reference, count func(int64)) error {
 	for _, b := range []blobBytes{a.config, a.layer} {
 		if err := pusher.Upload(ctx, ref.Context(), staticLayer{b: b, count: count}); err != nil {
 			return err
 		}
 	}
+	return nil
+}
+
+// putManifest writes the manifest under ref: from then on the chart exists.
+func (a *chartArtifact) putManifest(ctx context.Context, pusher *remote.Pusher, ref name.Reference) error {
 	return pusher.Put(ctx, ref, rawManifest{raw: a.manifest, mt: types.OCIManifestSchema1})
 }

@@ -167,10 +167,18 @@ func Push(ctx context.Context, chartPath string, dst Destination, opts ...Option
 		// The exchange goes through the same retries and request log as everything else.
 		ea.Client = &http.Client{Transport: rt}
 	}
-	if o.TargetAuth != nil {
-		if _, err := authn.Authorization(ctx, o.TargetAuth); err != nil {
-			return nil, err
+	// Sign in while the source images are resolved; target checks wait for it.
+	signedIn := make(chan struct{})
+	var signInErr error
+	go func() {
+		defer close(signedIn)
+		if o.TargetAuth != nil {
+			_, signInErr = authn.Authorization(ctx, o.TargetAuth)
 		}
+	}()
+	waitSignIn := func() error {
+		<-signedIn
+		return signInErr
 	}
 
 	var chartArt *chartArtifact
@@ -182,6 +190,15 @@ func Push(ctx context.Context, chartPath string, dst Destination, opts ...Option
 		if chartRef, err = name.ParseReference(c.Ref(dst), nameOpts(o)...); err != nil {
 			return nil, fmt.Errorf("chart reference %q: %w", c.Ref(dst), err)
 		}
+	}
+	images, err := plan(ctx, puller, refs, o, waitSignIn)
+	if err != nil {
+		return nil, err
+	}
+	if err := waitSignIn(); err != nil {
+		return nil, err
+	}
+	if chartArt != nil {
 		res.Chart = &ChartResult{Name: c.Chart.Name(), Version: c.Chart.Metadata.Version, Source: chartPath, Reference: chartRef.String(), Digest: chartArt.digest.String()}
 		existing, err := checkTarget(ctx, puller, chartRef)
 		if err != nil {
@@ -198,10 +215,6 @@ func Push(ctx context.Context, chartPath string, dst Destination, opts ...Option
 		}
 	}
 
-	images, err := plan(ctx, puller, refs, o)
-	if err != nil {
-		return nil, err
-	}
 	for _, img := range images {
 		img.where = where[img.ref.Source]
 	}
@@ -217,6 +230,15 @@ func Push(ctx context.Context, chartPath string, dst Destination, opts ...Option
 		if img.action == ActionWouldPush {
 			todo = append(todo, img)
 		}
+	}
+	// The chart's blobs travel with the images (a blob without its manifest is no chart); its
+	// manifest, which makes it a chart, is written last.
+	var chartBytes atomic.Int64
+	chartBlobs := make(chan error, 1)
+	if res.Chart != nil && res.Chart.Action == ActionWouldPush {
+		go func() { chartBlobs <- chartArt.uploadBlobs(ctx, pusher, chartRef, func(k int64) { chartBytes.Add(k) }) }()
+	} else {
+		chartBlobs <- nil
 	}
 	if len(todo) > 0 {
 		bar := newProgressBar(o.Progress)
@@ -245,6 +267,7 @@ func Push(ctx context.Context, chartPath string, dst Destination, opts ...Option
 		}
 	}
 	res.Images = imageResults(images)
+	chartBlobErr := <-chartBlobs
 	if len(failed) > 0 {
 		if res.Chart != nil {
 			res.Chart.Action = ActionNotPushed
@@ -256,14 +279,17 @@ func Push(ctx context.Context, chartPath string, dst Destination, opts ...Option
 	// 4. The chart, last.
 	if res.Chart != nil {
 		if res.Chart.Action == ActionWouldPush {
-			var n atomic.Int64
-			if err := chartArt.push(ctx, pusher, chartRef, func(k int64) { n.Add(k) }); err != nil {
+			err := chartBlobErr
+			if err == nil {
+				err = chartArt.putManifest(ctx, pusher, chartRef)
+			}
+			res.Chart.Bytes = chartBytes.Load()
+			if err != nil {
 				res.Chart.Action = ActionFailed
 				finish(res, st)
 				return res, fmt.Errorf("pushing chart %s (every image arrived): %w", chartRef, registryError(dst.Registry, err))
 			}
 			res.Chart.Action = ActionPushed
-			res.Chart.Bytes = n.Load()
 		}
 	}
 	res.Overlay, res.Unmapped = buildOverlay(c, merged, res.Images)
@@ -310,7 +336,7 @@ func mapImages(found []FoundImage, dst Destination, o *Options, where map[string
 
 // plan resolves every source and checks every target in parallel; any missing source or
 // conflicting tag fails the whole run before anything is written.
-func plan(ctx context.Context, puller *remote.Puller, refs []*imageRef, o *Options) ([]*plannedImage, error) {
+func plan(ctx context.Context, puller *remote.Puller, refs []*imageRef, o *Options, waitSignIn func() error) ([]*plannedImage, error) {
 	images := make([]*plannedImage, len(refs))
 	errs := make([]error, len(refs))
 	sem := make(chan struct{}, o.Jobs)
@@ -326,6 +352,10 @@ func plan(ctx context.Context, puller *remote.Puller, refs []*imageRef, o *Optio
 				return
 			}
 			img.targetName = r.targetRef(img.digest.String())
+			if err := waitSignIn(); err != nil {
+				errs[i] = err
+				return
+			}
 			existing, err := checkTarget(ctx, puller, img.targetName)
 			if err != nil {
 				errs[i] = err
