@@ -458,18 +458,11 @@ func ensurePrometheus(ctx context.Context, stderr io.Writer) (string, error) {
 }
 
 // installSelf copies the running executable to path so that later commands (route, serve-azure) have a
-// stable launcher even when up ran through `go run`.
+// stable launcher even when up ran through `go run`, or from the copy that wipe just removed.
 func installSelf(path string) error {
-	exe, err := os.Executable()
+	data, err := os.ReadFile("/proc/self/exe")
 	if err != nil {
-		return err
-	}
-	if exe == path {
-		return nil
-	}
-	data, err := os.ReadFile(exe)
-	if err != nil {
-		return err
+		return fmt.Errorf("copy the launcher: %w", err)
 	}
 	return writeFileAtomic(path, data, 0o755)
 }
