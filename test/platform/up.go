@@ -15,6 +15,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -238,7 +239,7 @@ func bringUp(ctx context.Context, dir string, nodes int, stderr io.Writer) (*Sta
 		"--web.enable-lifecycle", "--web.enable-admin-api", "--storage.tsdb.retention.time=1d", "--log.level=warn"); err != nil {
 		return st, err
 	}
-	azEnv := append(baseEnv, "AZURE_CLIENT_SECRET="+secret)
+	azEnv := slices.Concat(baseEnv, []string{"AZURE_CLIENT_SECRET=" + secret})
 	c, err := spawn(dir, "azure", azEnv, launcher, "serve-azure", "--dir", azDir, "--entra-addr", st.Entra,
 		"--acr-addr", st.ACR, "--registry-url", "http://"+st.ACRBackend, "--tenant", tenantID, "--client-id", clientID)
 	if c.PID != 0 {
