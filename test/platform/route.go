@@ -127,12 +127,14 @@ func (r *router) run(ctx context.Context) error {
 	tick := time.NewTicker(250 * time.Millisecond)
 	defer tick.Stop()
 	for {
-		if err := r.sync(ctx); err != nil {
+		listed, err := r.sync(ctx)
+		if err != nil {
 			if ctx.Err() != nil {
 				return nil
 			}
 			fmt.Fprintf(r.stderr, "route: %v\n", err)
-		} else if !ready {
+		}
+		if listed && !ready {
 			ready = true
 			fmt.Fprintf(r.stderr, "%s: pods in %s matching %q, port %d -> %s\n", routeReadyLine, r.o.namespace, r.o.selector, r.o.podPort, r.o.target)
 		}
@@ -144,11 +146,13 @@ func (r *router) run(ctx context.Context) error {
 	}
 }
 
-func (r *router) sync(ctx context.Context) error {
+// sync routes the pods that match now and unroutes those that went away. listed reports whether the pod
+// list succeeded (the route is then watching, even if some forwards failed and will be retried).
+func (r *router) sync(ctx context.Context) (listed bool, err error) {
 	var pl podList
 	path := "/api/v1/namespaces/" + url.PathEscape(r.o.namespace) + "/pods?labelSelector=" + url.QueryEscape(r.o.selector)
 	if err := r.kc.do(ctx, http.MethodGet, path, "", nil, &pl); err != nil {
-		return err
+		return false, err
 	}
 	seen := map[string]bool{}
 	var errs []error
@@ -180,7 +184,7 @@ func (r *router) sync(ctx context.Context) error {
 			errs = append(errs, err)
 		}
 	}
-	return errors.Join(errs...)
+	return true, errors.Join(errs...)
 }
 
 func (r *router) pfPath(name string) string {
