@@ -86,6 +86,10 @@ func sourceError(r *imageRef, err error) error {
 	if errors.As(err, &te) && (te.StatusCode == http.StatusNotFound || hasCode(te, transport.ManifestUnknownErrorCode, transport.NameUnknownErrorCode)) {
 		return fmt.Errorf("source image %s does not exist", r.Source)
 	}
+	var nerr net.Error
+	if errors.As(err, &nerr) {
+		return fmt.Errorf("source image %s: registry %s is unreachable: %v", r.Source, r.From.Context().RegistryStr(), nerr)
+	}
 	return fmt.Errorf("source image %s: %w", r.Source, err)
 }
 

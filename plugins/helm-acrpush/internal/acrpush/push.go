@@ -191,7 +191,7 @@ func Push(ctx context.Context, chartPath string, dst Destination, opts ...Option
 			return nil, fmt.Errorf("chart reference %q: %w", c.Ref(dst), err)
 		}
 	}
-	images, err := plan(ctx, puller, refs, o, waitSignIn)
+	images, err := plan(ctx, puller, refs, o, waitSignIn, where)
 	if err != nil {
 		return nil, err
 	}
@@ -336,7 +336,7 @@ func mapImages(found []FoundImage, dst Destination, o *Options, where map[string
 
 // plan resolves every source and checks every target in parallel; any missing source or
 // conflicting tag fails the whole run before anything is written.
-func plan(ctx context.Context, puller *remote.Puller, refs []*imageRef, o *Options, waitSignIn func() error) ([]*plannedImage, error) {
+func plan(ctx context.Context, puller *remote.Puller, refs []*imageRef, o *Options, waitSignIn func() error, where map[string][]string) ([]*plannedImage, error) {
 	images := make([]*plannedImage, len(refs))
 	errs := make([]error, len(refs))
 	sem := make(chan struct{}, o.Jobs)
@@ -348,6 +348,9 @@ func plan(ctx context.Context, puller *remote.Puller, refs []*imageRef, o *Optio
 			defer func() { <-sem; wg.Done() }()
 			img, err := resolveImage(ctx, puller, r, o.Platforms)
 			if err != nil {
+				if w := where[r.Source]; len(w) > 0 {
+					err = fmt.Errorf("%w (used by %s)", err, strings.Join(w, "; "))
+				}
 				errs[i] = err
 				return
 			}
