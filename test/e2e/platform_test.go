@@ -10,6 +10,8 @@ import (
 	"net/http/httptest"
 	"net/url"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
@@ -58,6 +60,43 @@ func TestPlatformNodesReady(t *testing.T) {
 	res := env.Kubectl(t, "get", "nodes")
 	if res.Code != 0 || !strings.Contains(res.Stdout, "Ready") {
 		t.Fatalf("kubectl get nodes: exit %d\n%s%s", res.Code, res.Stdout, res.Stderr)
+	}
+}
+
+// TestPlatformUpDownLeavesNothing runs a second platform in its own directory: up is idempotent and grows
+// nodes on request, status reports it healthy, and down leaves no process and no state behind.
+func TestPlatformUpDownLeavesNothing(t *testing.T) {
+	env := framework.Setup(t)
+	dir := filepath.Join(t.TempDir(), ".platform")
+	launcher := func(nodes string, args ...string) (string, error) {
+		cmd := exec.Command("go", append([]string{"run", "."}, args...)...)
+		cmd.Dir = filepath.Join(env.Root, "test", "platform")
+		cmd.Env = append(os.Environ(), "PLATFORM_DIR="+dir, "PLATFORM_NODES="+nodes)
+		out, err := cmd.CombinedOutput()
+		return string(out), err
+	}
+	t.Cleanup(func() { _, _ = launcher("1", "down") })
+	if out, err := launcher("1", "up"); err != nil || !strings.Contains(out, "platform ready in") {
+		t.Fatalf("up: %v\n%s", err, out)
+	}
+	out, err := launcher("2", "up")
+	if err != nil || !strings.Contains(out, "platform already up") || !strings.Contains(out, "2 nodes") {
+		t.Fatalf("second up: %v\n%s", err, out)
+	}
+	if out, err := launcher("2", "status"); err != nil || !strings.Contains(out, "kube-apiserver") || !strings.Contains(out, "TOTAL") {
+		t.Fatalf("status: %v\n%s", err, out)
+	}
+	if out, err := launcher("2", "down"); err != nil {
+		t.Fatalf("down: %v\n%s", err, out)
+	}
+	if _, err := os.Stat(dir); !os.IsNotExist(err) {
+		t.Errorf("down left %s behind (%v)", dir, err)
+	}
+	procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
+	for _, p := range procs {
+		if b, err := os.ReadFile(p); err == nil && strings.Contains(string(b), dir) {
+			t.Errorf("process %s still runs: %s", filepath.Dir(p), strings.ReplaceAll(string(b), "\x00", " "))
+		}
 	}
 }
 
