@@ -131,6 +131,14 @@ func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\n", c.Name, state, c.PID, rss, c.Addr)
 	}
 	fmt.Fprintf(tw, "TOTAL\t\t\t%d MiB\t\n", total>>20)
+	for _, c := range pidFileComponents(dir) {
+		if !strings.HasPrefix(c.Name, "route-") {
+			continue
+		}
+		args, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", c.PID))
+		desc := strings.Join(strings.Split(strings.TrimRight(string(args), "\x00"), "\x00")[1:], " ")
+		fmt.Fprintf(tw, "route\tup\t%d\t%d MiB\t%s\n", c.PID, rssBytes(c.PID)>>20, desc)
+	}
 	if err := tw.Flush(); err != nil {
 		return err
 	}
