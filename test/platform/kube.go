@@ -117,10 +117,17 @@ type condition struct {
 	Status string `json:"status"`
 }
 
+type podContainer struct {
+	Image string `json:"image"`
+}
+
 type podList struct {
 	Items []struct {
 		Metadata objectMeta `json:"metadata"`
-		Status   struct {
+		Spec     struct {
+			Containers []podContainer `json:"containers"`
+		} `json:"spec"`
+		Status struct {
 			Phase string `json:"phase"`
 		} `json:"status"`
 	} `json:"items"`

@@ -8,7 +8,7 @@
 //	platform down [--keep] stop every process it started; remove .platform unless --keep
 //	platform status        print each component with its address, pid and memory
 //	platform env           print the sourceable env file
-//	platform route -n NS -l SELECTOR --port P --target 127.0.0.1:T [--scrape]
+//	platform route -n NS -l SELECTOR --port P --target 127.0.0.1:T [--scrape] [--image REGEX]
 //	                       send port-forwards to matching pods' port P to T (long-running)
 //	platform serve-azure   run the Entra ID and ACR emulators in the foreground (used by up)
 package main
@@ -44,7 +44,7 @@ Usage:
   platform down [--dir DIR] [--keep]
   platform status [--dir DIR]
   platform env [--dir DIR]
-  platform route -n NAMESPACE -l SELECTOR --port POD_PORT --target 127.0.0.1:PORT [--scrape]
+  platform route -n NAMESPACE -l SELECTOR --port POD_PORT --target 127.0.0.1:PORT [--scrape] [--image REGEX]
   platform serve-azure (started by up)
 
 Environment:

@@ -11,6 +11,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -44,7 +45,9 @@ type routeOptions struct {
 	podPort   int
 	target    string
 	scrape    bool
+	image     string
 
+	imageRE    *regexp.Regexp
 	targetHost string
 	targetPort int
 }
@@ -58,6 +61,7 @@ func runRoute(ctx context.Context, args []string, _, stderr io.Writer) error {
 	fs.IntVar(&o.podPort, "port", 0, "pod port that kubectl port-forward targets")
 	fs.StringVar(&o.target, "target", "", "local address (127.0.0.1:PORT) that answers for the pods")
 	fs.BoolVar(&o.scrape, "scrape", false, "also add each pod as a Prometheus target scraping TARGET/metrics")
+	fs.StringVar(&o.image, "image", "", "only pods with a container image matching this regular expression (a pod answers as the version it runs)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -105,6 +109,13 @@ func (o *routeOptions) validate() error {
 		return fmt.Errorf("--target %q: bad port", o.target)
 	}
 	o.targetHost, o.targetPort = host, p
+	if o.image != "" {
+		re, err := regexp.Compile(o.image)
+		if err != nil {
+			return fmt.Errorf("--image %q: %w", o.image, err)
+		}
+		o.imageRE = re
+	}
 	return nil
 }
 
@@ -157,6 +168,9 @@ func (r *router) sync(ctx context.Context) (listed bool, err error) {
 	seen := map[string]bool{}
 	var errs []error
 	for _, p := range pl.Items {
+		if r.o.imageRE != nil && !anyImageMatches(r.o.imageRE, p.Spec.Containers) {
+			continue
+		}
 		seen[p.Metadata.Name] = true
 		if _, ok := r.routed[p.Metadata.Name]; ok {
 			continue
@@ -185,6 +199,15 @@ func (r *router) sync(ctx context.Context) (listed bool, err error) {
 		}
 	}
 	return true, errors.Join(errs...)
+}
+
+func anyImageMatches(re *regexp.Regexp, containers []podContainer) bool {
+	for _, c := range containers {
+		if re.MatchString(c.Image) {
+			return true
+		}
+	}
+	return false
 }
 
 func (r *router) pfPath(name string) string {
