@@ -55,7 +55,7 @@ platform-up: build tools ## Start the local platform (writes .platform/env)
 
 .PHONY: platform-down
 platform-down: ## Stop every platform process
-	@if [ -x $(PLATFORM) ]; then $(PLATFORM) down; else echo "platform launcher not built; nothing to stop"; fi
+	@if [ -x $(PLATFORM) ]; then $(PLATFORM) down; else go -C test/platform run . down; fi
 
 .PHONY: platform-status
 platform-status: ## Show the platform's components

@@ -23,7 +23,7 @@ if [ "${1:-}" = down ]; then
     kubectl delete namespace "$NS" --ignore-not-found --wait=false >/dev/null 2>&1 || true
   fi
   rm -rf "$work"
-  "$root/bin/platform" down
+  go -C "$root/test/platform" run . down
   exit 0
 fi
 
