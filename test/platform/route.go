@@ -137,6 +137,10 @@ func (r *router) run(ctx context.Context) error {
 	ready := false
 	tick := time.NewTicker(250 * time.Millisecond)
 	defer tick.Stop()
+	// A watch wakes the loop as soon as a pod appears, so its forward exists before kwok marks it Ready
+	// (a canary check may port-forward to a pod the moment it is Ready); the ticker is the fallback.
+	kick := make(chan struct{}, 1)
+	go r.watch(ctx, kick)
 	for {
 		listed, err := r.sync(ctx)
 		if err != nil {
@@ -153,6 +157,40 @@ func (r *router) run(ctx context.Context) error {
 		case <-ctx.Done():
 			return nil
 		case <-tick.C:
+		case <-kick:
+		}
+	}
+}
+
+// watch streams pod events of the route's namespace and selector and signals kick on each one.
+func (r *router) watch(ctx context.Context, kick chan<- struct{}) {
+	path := "/api/v1/namespaces/" + url.PathEscape(r.o.namespace) + "/pods?watch=true&timeoutSeconds=25&labelSelector=" + url.QueryEscape(r.o.selector)
+	for ctx.Err() == nil {
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, r.kc.base+path, nil)
+		if err != nil {
+			return
+		}
+		req.Header.Set("Authorization", "Bearer "+r.kc.token)
+		resp, err := r.kc.hc.Do(req)
+		if err == nil {
+			dec := json.NewDecoder(resp.Body)
+			for {
+				var ev struct {
+					Type string `json:"type"`
+				}
+				if dec.Decode(&ev) != nil {
+					break
+				}
+				select {
+				case kick <- struct{}{}:
+				default:
+				}
+			}
+			_ = resp.Body.Close()
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(200 * time.Millisecond):
 		}
 	}
 }
