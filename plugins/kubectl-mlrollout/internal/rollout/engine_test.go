@@ -604,11 +604,11 @@ func TestHPAIsRespected(t *testing.T) {
 		Status: autoscalingv2.HorizontalPodAutoscalerStatus{DesiredReplicas: 4},
 	}
 	h := newHarness(t, d, hpa)
-	var maxStableChange atomic.Bool
+	var stableWritten atomic.Bool
 	h.fc.kube.PrependReactor("update", "deployments", func(a k8stesting.Action) (bool, runtime.Object, error) {
 		u := a.(k8stesting.UpdateAction)
 		if dd := u.GetObject().(*appsv1.Deployment); dd.Name == "mlapp" && u.GetSubresource() == "" && *dd.Spec.Replicas != 4 {
-			maxStableChange.Store(true)
+			stableWritten.Store(true)
 		}
 		return false, nil, nil
 	})
@@ -627,7 +627,7 @@ func TestHPAIsRespected(t *testing.T) {
 	if res, err := h.run(h.engine("me"), 20*time.Second); err != nil || res.Outcome != OutcomePromoted {
 		t.Fatalf("res = %+v, err = %v", res, err)
 	}
-	if maxStableChange.Load() {
+	if stableWritten.Load() {
 		t.Fatal("the stable replicas were changed although an HPA owns them")
 	}
 }

@@ -125,6 +125,9 @@ func RenderStatus(w io.Writer, s Summary, now time.Time) {
 	if !s.InProgress {
 		kv("Rollout", "none in progress")
 		kv("Stable", "%s  %d/%d ready", ImagesString(s.Stable.Images), s.Stable.Ready, s.Stable.Replicas)
+		if s.Canary != nil {
+			kv("Canary", "%s exists but belongs to no rollout in progress: delete it before the next start", CanaryName(s.Deployment))
+		}
 		if s.Last != nil {
 			line := fmt.Sprintf("%s %s %s ago (%s)", s.Last.ID, s.Last.Result, Age(now.Sub(s.Last.FinishedAt)), ImagesString(s.Last.Images))
 			if s.Last.Reason != "" {
