@@ -18,7 +18,9 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/client-go/kubernetes"
 	k8sfake "k8s.io/client-go/kubernetes/fake"
+	"k8s.io/client-go/rest"
 	k8stesting "k8s.io/client-go/testing"
 
 	"github.com/aks-mlops/mlplugins/pkg/shared/prom"
@@ -203,5 +205,27 @@ func TestLogAnalyticsCollect(t *testing.T) {
 	}
 	if _, err := NewLogAnalyticsWithCredential("ws", "http://insecure", &azfake.TokenCredential{}, nil); err == nil {
 		t.Error("http endpoint accepted")
+	}
+}
+
+func TestCounterCountsRequestsThroughRESTConfig(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		fmt.Fprint(w, `{"kind":"PodList","apiVersion":"v1","metadata":{},"items":[]}`)
+	}))
+	defer srv.Close()
+	c := &Counter{}
+	cfg := c.WrapConfig(&rest.Config{Host: srv.URL})
+	cs, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 3 {
+		if _, err := cs.CoreV1().Pods("ml").List(context.Background(), metav1.ListOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if c.Count() != 3 {
+		t.Errorf("count = %d, want 3", c.Count())
 	}
 }
