@@ -8,18 +8,22 @@ root=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$root"
 NS=${DEMO_NAMESPACE:-mlapp-demo}
 RELEASE=mlapp
-work=$root/.platform/demo
+export PLATFORM_DIR=${PLATFORM_DIR:-$root/.platform}
+work=$PLATFORM_DIR/demo
+# The chart's artifacthub.io/images annotation also lists its optional images (placeholders in contoso.azurecr.io,
+# the helm-test image in mcr.microsoft.com); the demo pushes only the model server.
+EXCLUDE='contoso\.azurecr\.io/|mcr\.microsoft\.com/'
 
 if [ -t 1 ] && [ -z "${NO_COLOR:-}" ] && [ "${TERM:-}" != dumb ]; then B=$'\e[1m'; G=$'\e[32m'; R=$'\e[31m'; D=$'\e[2m'; N=$'\e[0m'; else B= G= R= D= N=; fi
 step() { printf '\n%s== %s%s\n' "$B" "$*" "$N"; }
 say() { printf '%s%s%s\n' "$D" "$*" "$N"; }
 ok() { printf '%s✔ %s%s\n' "$G" "$*" "$N"; }
 die() { printf '%s✘ %s%s\n' "$R" "$*" "$N" >&2; exit 1; }
-run() { printf '%s$ %s%s\n' "$B" "$*" "$N"; "$@"; }
+run() { printf '%s$ %s%s\n' "$B" "$*" "$N" >&2; "$@"; }
 
 if [ "${1:-}" = down ]; then
-  if [ -f "$root/.platform/env" ]; then
-    . "$root/.platform/env"
+  if [ -f "$PLATFORM_DIR/env" ]; then
+    . "$PLATFORM_DIR/env"
     kubectl delete namespace "$NS" --ignore-not-found --wait=false >/dev/null 2>&1 || true
   fi
   rm -rf "$work"
@@ -39,7 +43,7 @@ step "1. The plugins are built (make build); bring the local platform up"
 say "A real kube-apiserver, etcd, scheduler and controller-manager with kwok nodes, two OCI registries (one speaking"
 say "ACR's sign-in protocol), an Entra ID emulator, and Prometheus, all on 127.0.0.1."
 run "$root/bin/platform" up
-. "$root/.platform/env"
+. "$PLATFORM_DIR/env"
 export PATH="$root/bin:$PLATFORM_BIN:$PATH"
 rm -rf "$work"; mkdir -p "$work"
 kubectl get nodes
@@ -60,12 +64,12 @@ cp plugins/helm-acrpush/plugin.yaml "$plugin_src/"; cp plugins/helm-acrpush/scri
 cp bin/helm-acrpush "$plugin_src/bin/"
 run helm plugin install "$plugin_src" >/dev/null
 run helm acrpush charts/mlapp "$ACR_LOGIN_SERVER" --auth azure \
-  --set image.registry="$SOURCE_REGISTRY" --set image.tag=v1 --exclude 'busybox|model-fetch' \
+  --set image.registry="$SOURCE_REGISTRY" --set image.tag=v1 --exclude "$EXCLUDE" \
   --values-out "$work/acr-values.yaml"
 say "The values overlay written for the install pins the image in ACR by digest:"
 sed 's/^/  /' "$work/acr-values.yaml"
 helm acrpush charts/mlapp "$ACR_LOGIN_SERVER" --auth azure --set image.registry="$SOURCE_REGISTRY" --set image.tag=v1 \
-  --exclude 'busybox|model-fetch' -o json >"$work/push-again.json"
+  --exclude "$EXCLUDE" -o json >"$work/push-again.json"
 [ "$(jq '[.images[], .chart] | map(select(.action != "skipped")) | length' "$work/push-again.json")" = 0 ] \
   || die "a second push should skip everything"
 ok "a second push skips every artifact (nothing uploaded)"
@@ -81,6 +85,10 @@ refresh=$(curl -sf --cacert "$SSL_CERT_FILE" "https://$ACR_LOGIN_SERVER/oauth2/e
 printf '%s' "$refresh" | helm registry login "$ACR_LOGIN_SERVER" --username 00000000-0000-0000-0000-000000000000 --password-stdin >/dev/null
 unset entra refresh
 ok "helm registry login $ACR_LOGIN_SERVER (token not shown)"
+if kubectl get namespace "$NS" >/dev/null 2>&1; then
+  say "removing the previous run's namespace $NS"
+  kubectl delete namespace "$NS" --wait=true --timeout=120s >/dev/null
+fi
 kubectl create namespace "$NS" --dry-run=client -o yaml | kubectl label --local -f - -o yaml \
   pod-security.kubernetes.io/enforce=restricted | kubectl apply -f - >/dev/null
 chart_version=$(jq -r .chart.version "$work/push-again.json")
@@ -94,7 +102,7 @@ for v in v1 v2 v3; do
   port[$v]=$(freeport)
   bg "$work/model-server" -model-path "examples/model-server/models/$v.json" -port "${port[$v]}"
   # Pods running image version v (by tag or digest) are answered by this process, and scraped under their own names.
-  bg "$PLATFORM_LAUNCHER" route -n "$NS" -l "app.kubernetes.io/instance=$RELEASE" --image ":$v\$|@$(digest "$v")\$" \
+  bg "$root/bin/platform" route -n "$NS" -l "app.kubernetes.io/instance=$RELEASE" --image ":$v\$|@$(digest "$v")\$" \
     --port 8080 --target "127.0.0.1:${port[$v]}" --scrape
 done
 say "traffic: the load generator sends predict requests to the model servers, as the Service would"
@@ -136,11 +144,14 @@ kubectl get deploy "$RELEASE-canary" -n "$NS" >/dev/null 2>&1 && die "the canary
 ok "exit 2 is the expected outcome: v3 rolled back, stable still runs v2"
 run kubectl mlrollout history "$RELEASE" -n "$NS"
 
-step "8. kubectl mlhealth: Healthy again"
+step "8. kubectl mlhealth: the verdict after the rollback"
+say "Every replica runs v2 again. The rolled-back canary's Warning events stay in the window: a warning, not a"
+say "critical finding, so a release gate with --fail-on critical passes (exit 0)."
 kubectl rollout status deploy/"$RELEASE" -n "$NS" --timeout 60s >/dev/null
-run kubectl mlhealth "$RELEASE" -n "$NS" --prometheus-url "$PROMETHEUS_URL" --wait-healthy --timeout 60s \
-  || die "mlhealth should report Healthy after the rollback"
+run kubectl mlhealth "$RELEASE" -n "$NS" --prometheus-url "$PROMETHEUS_URL" --fail-on critical \
+  || die "mlhealth should pass a --fail-on critical gate after the rollback"
+ok "release gate passed"
 
 step "Done in $(( $(date +%s) - start ))s"
-say "Explore: . .platform/env; kubectl describe deploy/$RELEASE -n $NS (Events show every rollout step)."
+say "Explore: . $PLATFORM_DIR/env; kubectl describe deploy/$RELEASE -n $NS (Events show every rollout step)."
 say "Tear down: make demo-down"
