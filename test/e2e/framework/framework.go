@@ -26,8 +26,6 @@ import (
 // rootModule is the module path of the repository root's go.mod.
 const rootModule = "github.com/aks-mlops/mlplugins"
 
-// plugins are the plugin main packages that Setup builds into bin/ when they exist.
-var plugins = []string{"kubectl-mlrollout", "kubectl-mlhealth", "helm-acrpush"}
 
 // Env is a running platform and the binaries built for the tests.
 type Env struct {
@@ -168,47 +166,15 @@ func launcherCommand(root string, args ...string) *exec.Cmd {
 	return cmd
 }
 
-// buildPlugins builds each plugin main package that exists into binDir.
+// buildPlugins builds the plugins (and the platform launcher) exactly as a user's `make build` does:
+// the same flags and version stamp, so tests run what users run.
 func buildPlugins(root, binDir string) error {
-	var pkgs []string
-	for _, p := range plugins {
-		if hasMainPackage(filepath.Join(root, "plugins", p)) {
-			pkgs = append(pkgs, "./plugins/"+p)
-		}
-	}
-	if len(pkgs) == 0 {
-		return nil
-	}
-	cmd := exec.Command("go", append([]string{"build", "-o", binDir + string(filepath.Separator)}, pkgs...)...)
+	cmd := exec.Command("make", "-s", "build", "BIN="+binDir)
 	cmd.Dir = root
 	if out, err := cmd.CombinedOutput(); err != nil {
-		return fmt.Errorf("go build %s: %w\n%s", strings.Join(pkgs, " "), err, out)
+		return fmt.Errorf("make build: %w\n%s", err, out)
 	}
 	return nil
-}
-
-func hasMainPackage(dir string) bool {
-	files, _ := filepath.Glob(filepath.Join(dir, "*.go"))
-	for _, f := range files {
-		if strings.HasSuffix(f, "_test.go") {
-			continue
-		}
-		b, err := os.ReadFile(f)
-		if err != nil {
-			continue
-		}
-		sc := bufio.NewScanner(bytes.NewReader(b))
-		for sc.Scan() {
-			line := strings.TrimSpace(sc.Text())
-			if strings.HasPrefix(line, "package ") {
-				if line == "package main" {
-					return true
-				}
-				break
-			}
-		}
-	}
-	return false
 }
 
 func findRoot(dir string) (string, error) {
