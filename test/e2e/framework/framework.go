@@ -26,7 +26,6 @@ import (
 // rootModule is the module path of the repository root's go.mod.
 const rootModule = "github.com/aks-mlops/mlplugins"
 
-
 // Env is a running platform and the binaries built for the tests.
 type Env struct {
 	Root           string // repository root
