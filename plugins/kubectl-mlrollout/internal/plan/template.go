@@ -1,11 +1,10 @@
 package plan
 
 import (
-	"bytes"
+	"errors"
 	"fmt"
+	"regexp"
 	"strings"
-	"text/template"
-	"text/template/parse"
 
 	"gopkg.in/yaml.v3"
 )
@@ -27,93 +26,63 @@ type Vars struct {
 // VarNames lists the template variables a query may use.
 var VarNames = []string{"Namespace", "Deployment", "CanaryDeployment", "CanaryPods", "StablePods"}
 
-// parseTemplate parses q and returns the first unknown variable with its line offset inside q.
-func parseTemplate(q string) (*template.Template, string, int, error) {
-	t, err := template.New("query").Option("missingkey=error").Parse(q)
-	if err != nil {
-		return nil, "", 0, err
-	}
-	var bad string
-	var badLine int
-	var walk func(n parse.Node)
-	walk = func(n parse.Node) {
-		if n == nil || bad != "" {
-			return
-		}
-		switch x := n.(type) {
-		case *parse.ListNode:
-			if x == nil {
-				return
-			}
-			for _, c := range x.Nodes {
-				walk(c)
-			}
-		case *parse.ActionNode:
-			walk(x.Pipe)
-		case *parse.PipeNode:
-			if x == nil {
-				return
-			}
-			for _, c := range x.Cmds {
-				walk(c)
-			}
-		case *parse.CommandNode:
-			for _, a := range x.Args {
-				walk(a)
-			}
-		case *parse.FieldNode:
-			if !contains(VarNames, x.Ident[0]) {
-				bad = x.Ident[0]
-				badLine = strings.Count(q[:int(x.Pos)], "\n")
-			}
-		case *parse.IfNode:
-			walk(x.Pipe)
-			walk(x.List)
-			walk(x.ElseList)
-		case *parse.RangeNode:
-			walk(x.Pipe)
-			walk(x.List)
-			walk(x.ElseList)
-		case *parse.WithNode:
-			walk(x.Pipe)
-			walk(x.List)
-			walk(x.ElseList)
-		}
-	}
-	walk(t.Tree.Root)
-	return t, bad, badLine, nil
+// placeholder matches one {{ ... }} action of a query template.
+var placeholder = regexp.MustCompile(`\{\{(.*?)\}\}`)
+
+// variable matches the only action a query may use: {{ .Name }}.
+var variable = regexp.MustCompile(`^\s*\.([A-Za-z_][A-Za-z0-9_]*)\s*$`)
+
+// templateError is the first bad action of a query and its line offset inside the query.
+type templateError struct {
+	msg  string
+	line int
 }
 
-// template validates a query template in node n, naming the line of an unknown variable.
+// checkTemplate finds the first action of q that is not a known {{ .Var }}. Queries are filled by
+// plain substitution (no text/template: its reflection would keep every method of every type in
+// the binary).
+func checkTemplate(q string) *templateError {
+	if i := strings.Index(q, "{{"); i >= 0 && !strings.Contains(q[i:], "}}") {
+		return &templateError{msg: "query template: unclosed {{", line: strings.Count(q[:i], "\n")}
+	}
+	for _, m := range placeholder.FindAllStringSubmatchIndex(q, -1) {
+		body := q[m[2]:m[3]]
+		line := strings.Count(q[:m[0]], "\n")
+		v := variable.FindStringSubmatch(body)
+		if v == nil {
+			return &templateError{msg: fmt.Sprintf("query template: {{%s}} is not a variable (want {{ .Name }} with one of: %s)", body, strings.Join(VarNames, ", ")), line: line}
+		}
+		if !contains(VarNames, v[1]) {
+			return &templateError{msg: fmt.Sprintf("unknown template variable {{ .%s }} (want one of: %s)", v[1], strings.Join(VarNames, ", ")), line: line}
+		}
+	}
+	return nil
+}
+
+// template validates a query template in node n, naming the line of a bad action.
 func (p *parser) template(n *yaml.Node) error {
-	_, bad, off, err := parseTemplate(n.Value)
 	line := n.Line
 	if n.Style&(yaml.LiteralStyle|yaml.FoldedStyle) != 0 {
 		line++ // a block scalar's text starts on the line after the indicator
 	}
-	if err != nil {
-		return &LineError{File: p.file, Line: line, Msg: fmt.Sprintf("query template: %v", err)}
-	}
-	if bad != "" {
-		return &LineError{File: p.file, Line: line + off, Msg: fmt.Sprintf("unknown template variable {{ .%s }} (want one of: %s)", bad, strings.Join(VarNames, ", "))}
+	if e := checkTemplate(n.Value); e != nil {
+		return &LineError{File: p.file, Line: line + e.line, Msg: e.msg}
 	}
 	return nil
 }
 
 // Render fills a query template with vars.
 func Render(q string, vars Vars) (string, error) {
-	t, bad, _, err := parseTemplate(q)
-	if err != nil {
-		return "", fmt.Errorf("query template: %w", err)
+	if e := checkTemplate(q); e != nil {
+		return "", errors.New(e.msg)
 	}
-	if bad != "" {
-		return "", fmt.Errorf("unknown template variable {{ .%s }}", bad)
+	values := map[string]string{
+		"Namespace": vars.Namespace, "Deployment": vars.Deployment, "CanaryDeployment": vars.CanaryDeployment,
+		"CanaryPods": vars.CanaryPods, "StablePods": vars.StablePods,
 	}
-	var b bytes.Buffer
-	if err := t.Execute(&b, vars); err != nil {
-		return "", fmt.Errorf("rendering query: %w", err)
-	}
-	return b.String(), nil
+	return placeholder.ReplaceAllStringFunc(q, func(m string) string {
+		return values[variable.FindStringSubmatch(m[2 : len(m)-2])[1]]
+	}), nil
 }
 
 // PodRegex returns a regex alternation matching exactly the given pod names, or a pattern that

@@ -15,7 +15,8 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
-	"k8s.io/client-go/informers"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/cache"
 
@@ -146,13 +147,12 @@ func (e *Engine) start(ctx context.Context, stop <-chan struct{}) error {
 		UpdateFunc: func(_, _ any) { e.poke() },
 		DeleteFunc: func(any) { e.poke() },
 	}
-	depF := informers.NewSharedInformerFactoryWithOptions(e.Kube, 0, informers.WithNamespace(e.Namespace))
-	depInf := depF.Apps().V1().Deployments().Informer()
+	apps, core := e.Kube.AppsV1().Deployments(e.Namespace), e.Kube.CoreV1().Pods(e.Namespace)
+	depInf := newInformer(&appsv1.Deployment{}, func(o metav1.ListOptions) (runtime.Object, error) { return apps.List(ctx, o) },
+		func(o metav1.ListOptions) (watch.Interface, error) { return apps.Watch(ctx, o) })
 	_, _ = depInf.AddEventHandler(cache.ResourceEventHandlerFuncs{
-		AddFunc: func(o any) { e.onDeployment(o) },
-		UpdateFunc: func(_, o any) {
-			e.onDeployment(o)
-		},
+		AddFunc:    func(o any) { e.onDeployment(o) },
+		UpdateFunc: func(_, o any) { e.onDeployment(o) },
 		DeleteFunc: func(o any) {
 			if t, ok := o.(cache.DeletedFinalStateUnknown); ok {
 				o = t.Obj
@@ -166,40 +166,50 @@ func (e *Engine) start(ctx context.Context, stop <-chan struct{}) error {
 		},
 	})
 	sel := metav1.FormatLabelSelector(d.Spec.Selector)
-	podF := informers.NewSharedInformerFactoryWithOptions(e.Kube, 0, informers.WithNamespace(e.Namespace),
-		informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.LabelSelector = sel }))
-	podInf := podF.Core().V1().Pods().Informer()
+	podInf := newInformer(&corev1.Pod{},
+		func(o metav1.ListOptions) (runtime.Object, error) { o.LabelSelector = sel; return core.List(ctx, o) },
+		func(o metav1.ListOptions) (watch.Interface, error) { o.LabelSelector = sel; return core.Watch(ctx, o) })
 	_, _ = podInf.AddEventHandler(handler)
 	e.deps, e.pods = depInf.GetIndexer(), podInf.GetIndexer()
-	synced := []cache.InformerSynced{depInf.HasSynced, podInf.HasSynced}
+	informersToRun := []cache.SharedIndexInformer{depInf, podInf}
 
-	hpas, err := e.Kube.AutoscalingV2().HorizontalPodAutoscalers(e.Namespace).List(ctx, metav1.ListOptions{})
+	hpaClient := e.Kube.AutoscalingV2().HorizontalPodAutoscalers(e.Namespace)
+	hpas, err := hpaClient.List(ctx, metav1.ListOptions{})
 	switch {
 	case err != nil && !apierrors.IsForbidden(err):
 		return fmt.Errorf("listing horizontalpodautoscalers: %w", err)
 	case err == nil:
-		var list []*autoscalingv2.HorizontalPodAutoscaler
-		for i := range hpas.Items {
-			list = append(list, &hpas.Items[i])
-		}
-		if h := FindHPA(list, e.Name); h != nil {
-			hf := informers.NewSharedInformerFactoryWithOptions(e.Kube, 0, informers.WithNamespace(e.Namespace),
-				informers.WithTweakListOptions(func(o *metav1.ListOptions) {
-					o.FieldSelector = fields.OneTermEqualSelector("metadata.name", h.Name).String()
-				}))
-			hinf := hf.Autoscaling().V2().HorizontalPodAutoscalers().Informer()
+		if h := HPAFor(hpas.Items, e.Name); h != nil {
+			byName := fields.OneTermEqualSelector("metadata.name", h.Name).String()
+			hinf := newInformer(&autoscalingv2.HorizontalPodAutoscaler{},
+				func(o metav1.ListOptions) (runtime.Object, error) {
+					o.FieldSelector = byName
+					return hpaClient.List(ctx, o)
+				},
+				func(o metav1.ListOptions) (watch.Interface, error) {
+					o.FieldSelector = byName
+					return hpaClient.Watch(ctx, o)
+				})
 			_, _ = hinf.AddEventHandler(handler)
 			e.hpas = hinf.GetIndexer()
-			synced = append(synced, hinf.HasSynced)
-			hf.Start(stop)
+			informersToRun = append(informersToRun, hinf)
 		}
 	}
-	depF.Start(stop)
-	podF.Start(stop)
+	var synced []cache.InformerSynced
+	for _, inf := range informersToRun {
+		go inf.Run(stop)
+		synced = append(synced, inf.HasSynced)
+	}
 	if !cache.WaitForCacheSync(ctx.Done(), synced...) {
 		return fmt.Errorf("watching deployment %q: %w", e.Name, context.Cause(ctx))
 	}
 	return nil
+}
+
+// newInformer is a shared informer over one list/watch (client-go's informer factory would link
+// every API group's informers into the binary).
+func newInformer(obj runtime.Object, list func(metav1.ListOptions) (runtime.Object, error), w func(metav1.ListOptions) (watch.Interface, error)) cache.SharedIndexInformer {
+	return cache.NewSharedIndexInformer(&cache.ListWatch{ListFunc: list, WatchFunc: w}, obj, 0, cache.Indexers{})
 }
 
 func (e *Engine) onDeployment(o any) {
