@@ -148,8 +148,8 @@ func (e *Engine) start(ctx context.Context, stop <-chan struct{}) error {
 		DeleteFunc: func(any) { e.poke() },
 	}
 	apps, core := e.Kube.AppsV1().Deployments(e.Namespace), e.Kube.CoreV1().Pods(e.Namespace)
-	depInf := newInformer(&appsv1.Deployment{}, func(o metav1.ListOptions) (runtime.Object, error) { return apps.List(ctx, o) },
-		func(o metav1.ListOptions) (watch.Interface, error) { return apps.Watch(ctx, o) })
+	depInf := e.newInformer(&appsv1.Deployment{}, func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) { return apps.List(ctx, o) },
+		func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) { return apps.Watch(ctx, o) })
 	_, _ = depInf.AddEventHandler(cache.ResourceEventHandlerFuncs{
 		AddFunc:    func(o any) { e.onDeployment(o) },
 		UpdateFunc: func(_, o any) { e.onDeployment(o) },
@@ -166,9 +166,15 @@ func (e *Engine) start(ctx context.Context, stop <-chan struct{}) error {
 		},
 	})
 	sel := metav1.FormatLabelSelector(d.Spec.Selector)
-	podInf := newInformer(&corev1.Pod{},
-		func(o metav1.ListOptions) (runtime.Object, error) { o.LabelSelector = sel; return core.List(ctx, o) },
-		func(o metav1.ListOptions) (watch.Interface, error) { o.LabelSelector = sel; return core.Watch(ctx, o) })
+	podInf := e.newInformer(&corev1.Pod{},
+		func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
+			o.LabelSelector = sel
+			return core.List(ctx, o)
+		},
+		func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
+			o.LabelSelector = sel
+			return core.Watch(ctx, o)
+		})
 	_, _ = podInf.AddEventHandler(handler)
 	e.deps, e.pods = depInf.GetIndexer(), podInf.GetIndexer()
 	informersToRun := []cache.SharedIndexInformer{depInf, podInf}
@@ -181,12 +187,12 @@ func (e *Engine) start(ctx context.Context, stop <-chan struct{}) error {
 	case err == nil:
 		if h := HPAFor(hpas.Items, e.Name); h != nil {
 			byName := fields.OneTermEqualSelector("metadata.name", h.Name).String()
-			hinf := newInformer(&autoscalingv2.HorizontalPodAutoscaler{},
-				func(o metav1.ListOptions) (runtime.Object, error) {
+			hinf := e.newInformer(&autoscalingv2.HorizontalPodAutoscaler{},
+				func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
 					o.FieldSelector = byName
 					return hpaClient.List(ctx, o)
 				},
-				func(o metav1.ListOptions) (watch.Interface, error) {
+				func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
 					o.FieldSelector = byName
 					return hpaClient.Watch(ctx, o)
 				})
@@ -208,8 +214,9 @@ func (e *Engine) start(ctx context.Context, stop <-chan struct{}) error {
 
 // newInformer is a shared informer over one list/watch (client-go's informer factory would link
 // every API group's informers into the binary).
-func newInformer(obj runtime.Object, list func(metav1.ListOptions) (runtime.Object, error), w func(metav1.ListOptions) (watch.Interface, error)) cache.SharedIndexInformer {
-	return cache.NewSharedIndexInformer(&cache.ListWatch{ListFunc: list, WatchFunc: w}, obj, 0, cache.Indexers{})
+func (e *Engine) newInformer(obj runtime.Object, list cache.ListWithContextFunc, w cache.WatchFuncWithContext) cache.SharedIndexInformer {
+	lw := cache.ToListWatcherWithWatchListSemantics(&cache.ListWatch{ListWithContextFunc: list, WatchFuncWithContext: w}, e.Kube)
+	return cache.NewSharedIndexInformer(lw, obj, 0, cache.Indexers{})
 }
 
 func (e *Engine) onDeployment(o any) {
