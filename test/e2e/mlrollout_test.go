@@ -484,11 +484,11 @@ func mlrStartBackground(t *testing.T, env *framework.Env, ns string, args ...str
 
 func mlrKubectlPID(p *os.Process) int { return p.Pid }
 
-func TestMlrolloutSigkillResumeAndAbort(t *testing.T) {
+func TestMlrolloutSigkillResumeAbortTakeover(t *testing.T) {
 	env := framework.Setup(t)
 	ns := mlrSetup(t, env, 4, "registry.example/mlapp:v1")
 
-	for _, finish := range []string{"resume", "abort"} {
+	for _, finish := range []string{"resume", "abort", "takeover"} {
 		t.Run(finish, func(t *testing.T) {
 			image := "registry.example/mlapp:v2-" + finish
 			proc, done := mlrStartBackground(t, env, ns, "--image", "model="+image, "--steps", "50,100", "--bake", "20s")
@@ -512,19 +512,23 @@ func TestMlrolloutSigkillResumeAndAbort(t *testing.T) {
 			if c := mlrDeployment(t, env, ns, "mlapp-canary"); *c.Spec.Replicas != 2 {
 				t.Errorf("canary replicas = %d, want 2", *c.Spec.Replicas)
 			}
-			res = mlr(t, env, ns, finish, "mlapp", "--timeout", "2m")
+			if finish == "takeover" {
+				res = mlr(t, env, ns, "start", "mlapp", "--image", "model="+image, "--takeover", "--timeout", "2m")
+			} else {
+				res = mlr(t, env, ns, finish, "mlapp", "--timeout", "2m")
+			}
 			if res.Code != 0 {
 				t.Fatalf("%s: exit %d", finish, res.Code)
 			}
-			if finish == "resume" {
-				mlrAssertStable(t, env, ns, image, 4)
-			} else {
+			if finish == "abort" {
 				mlrAssertStable(t, env, ns, "registry.example/mlapp:v2-resume", 4)
+			} else {
+				mlrAssertStable(t, env, ns, image, 4)
 			}
 		})
 	}
 	h := mlrHistory(t, env, ns)
-	if len(h) != 2 || h[0].Result != "Promoted" || h[1].Result != "Aborted" {
+	if len(h) != 3 || h[0].Result != "Promoted" || h[1].Result != "Aborted" || h[2].Result != "Promoted" {
 		t.Fatalf("history = %+v", h)
 	}
 }
