@@ -499,16 +499,18 @@ func (e *Engine) progress(ctx context.Context, d *appsv1.Deployment, st, next *S
 	case canary == nil:
 		c := NewCanary(d, st.Images, t.Canary, st.ID)
 		created, err := e.Kube.AppsV1().Deployments(e.Namespace).Create(ctx, c, metav1.CreateOptions{FieldManager: FieldManager})
-		if err != nil && !apierrors.IsAlreadyExists(err) {
+		if apierrors.IsAlreadyExists(err) {
+			return e.flush(ctx, d, st, next, now.Add(time.Second)) // the watch has not delivered it yet
+		}
+		if err != nil {
 			return nil, time.Time{}, fmt.Errorf("creating canary deployment %q: %w", c.Name, err)
 		}
-		if err == nil {
-			_ = e.deps.Add(created)
-			e.logf("created canary deployment %s (%s)", c.Name, ImagesString(st.Images))
-			msg := fmt.Sprintf("step %d/%d: %s: canary %d, stable %d pods (%.1f%% of traffic)", st.Step+1, total, step, t.Canary, t.Stable, t.Weight)
-			e.event(ctx, d, corev1.EventTypeNormal, "CanaryStep", msg)
-			e.logf("%s", msg)
-		}
+		// Our write is newer than the cache; keep it so the next pass does not create it again.
+		_ = e.deps.Add(created)
+		e.logf("created canary deployment %s (%s)", c.Name, ImagesString(st.Images))
+		msg := fmt.Sprintf("step %d/%d: %s: canary %d, stable %d pods (%.1f%% of traffic)", st.Step+1, total, step, t.Canary, t.Stable, t.Weight)
+		e.event(ctx, d, corev1.EventTypeNormal, "CanaryStep", msg)
+		e.logf("%s", msg)
 		return nil, time.Time{}, errRetry
 	case canary.Annotations[AnnotationRolloutID] != st.ID:
 		return nil, time.Time{}, fmt.Errorf("deployment %q exists but belongs to no rollout %s; delete it or abort", canary.Name, st.ID)
@@ -516,12 +518,14 @@ func (e *Engine) progress(ctx context.Context, d *appsv1.Deployment, st, next *S
 		c := canary.DeepCopy()
 		c.Spec.Replicas = &t.Canary
 		updated, err := e.Kube.AppsV1().Deployments(e.Namespace).Update(ctx, c, metav1.UpdateOptions{FieldManager: FieldManager})
-		if err != nil && !apierrors.IsConflict(err) {
+		if apierrors.IsConflict(err) {
+			return e.flush(ctx, d, st, next, now.Add(time.Second)) // wait for the watch to bring the newer canary
+		}
+		if err != nil {
 			return nil, time.Time{}, fmt.Errorf("scaling canary deployment %q: %w", c.Name, err)
 		}
-		if err == nil {
-			_ = e.deps.Update(updated)
-		}
+		// Our write is newer than the cache; keep it so the next pass does not scale again.
+		_ = e.deps.Update(updated)
 		return nil, time.Time{}, errRetry
 	}
 
