@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/aks-mlops/mlplugins/pkg/shared/azure"
 	"io"
 	"os"
 	"sort"
@@ -90,6 +91,7 @@ type HealthOptions struct {
 	MetricsProfile        string
 	LogAnalyticsWorkspace string
 	LogAnalyticsEndpoint  string
+	AzureCredential       string
 	NoColor               bool
 
 	// Filled by Complete; tests set the sources and the clock before Run.
@@ -150,6 +152,7 @@ func (o *HealthOptions) AddFlags(cmd *cobra.Command) {
 	f.StringVar(&o.LogAnalyticsWorkspace, "log-analytics-workspace", o.LogAnalyticsWorkspace, "Log Analytics workspace ID (GUID) with Container Insights data")
 	f.StringVar(&o.LogAnalyticsEndpoint, "log-analytics-endpoint", o.LogAnalyticsEndpoint, "Log Analytics query endpoint (default https://api.loganalytics.io/v1, or $"+EnvLogAnalyticsEndpoint+")")
 	_ = f.MarkHidden("log-analytics-endpoint")
+	azure.AddCredentialFlag(f, &o.AzureCredential)
 	f.BoolVar(&o.NoColor, "no-color", o.NoColor, "Never colour the table")
 }
 
@@ -230,18 +233,21 @@ func (o *HealthOptions) Validate() error {
 	default:
 		return fmt.Errorf("invalid --prometheus-auth %q (want one of: none, azure)", o.PrometheusAuth)
 	}
+	if err := azure.ValidateCredentialKind(o.AzureCredential); err != nil {
+		return err
+	}
 	if o.PrometheusAuth != "" && o.PrometheusURL == "" {
 		return errors.New("--prometheus-auth needs --prometheus-url")
 	}
 	if o.Metrics == nil && o.PrometheusURL != "" {
-		m, err := sources.NewPrometheus(o.PrometheusURL, o.PrometheusAuth, o.MetricsProfile)
+		m, err := sources.NewPrometheus(o.PrometheusURL, o.PrometheusAuth, o.MetricsProfile, o.AzureCredential)
 		if err != nil {
 			return err
 		}
 		o.Metrics = m
 	}
 	if o.Logs == nil && o.LogAnalyticsWorkspace != "" {
-		l, err := sources.NewLogAnalytics(o.LogAnalyticsWorkspace, o.LogAnalyticsEndpoint)
+		l, err := sources.NewLogAnalytics(o.LogAnalyticsWorkspace, o.LogAnalyticsEndpoint, o.AzureCredential)
 		if err != nil {
 			return err
 		}

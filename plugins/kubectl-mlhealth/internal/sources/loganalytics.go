@@ -36,9 +36,9 @@ type LogAnalytics struct {
 }
 
 // NewLogAnalytics returns the source for workspace (the workspace GUID), querying endpoint
-// (DefaultLogAnalyticsEndpoint when empty) with the default Azure credential.
-func NewLogAnalytics(workspace, endpoint string) (*LogAnalytics, error) {
-	cred, err := azure.NewCredential("")
+// (DefaultLogAnalyticsEndpoint when empty) with the credential of that kind ("" for the default chain).
+func NewLogAnalytics(workspace, endpoint, credentialKind string) (*LogAnalytics, error) {
+	cred, err := azure.NewCredential(credentialKind)
 	if err != nil {
 		return nil, fmt.Errorf("log analytics credential: %w", err)
 	}

@@ -3,6 +3,8 @@ package sources
 import (
 	"context"
 	"fmt"
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
+	"github.com/aks-mlops/mlplugins/pkg/shared/azure"
 	"sort"
 	"strings"
 	"sync"
@@ -48,13 +50,22 @@ type Prometheus struct {
 	URL     string
 }
 
-// NewPrometheus returns the source for url with auth ("none", "azure" or "" for automatic) and profile.
-func NewPrometheus(url, auth, profile string) (*Prometheus, error) {
+// NewPrometheus returns the source for url with auth ("none", "azure" or "" for automatic), profile and,
+// for Azure, the credential of that kind ("" for the default chain).
+func NewPrometheus(url, auth, profile, credentialKind string) (*Prometheus, error) {
 	p, ok := Profiles[profile]
 	if !ok {
 		return nil, fmt.Errorf("unknown metrics profile %q", profile)
 	}
-	c, err := prom.NewForURL(url, auth, nil)
+	var cred azcore.TokenCredential
+	if credentialKind != "" {
+		c, err := azure.NewCredential(credentialKind)
+		if err != nil {
+			return nil, fmt.Errorf("prometheus credential: %w", err)
+		}
+		cred = c
+	}
+	c, err := prom.NewForURL(url, auth, cred)
 	if err != nil {
 		return nil, err
 	}
