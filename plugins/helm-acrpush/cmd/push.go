@@ -80,6 +80,7 @@ type PushOptions struct {
 	Output         string
 	ValuesOut      string
 	Auth           string
+	AzureCred      string // --azure-credential: one Entra credential kind instead of the default chain
 	PlainHTTP      bool
 	Insecure       bool
 	Timeout        time.Duration
@@ -106,7 +107,7 @@ type PushOptions struct {
 
 // NewPushOptions returns PushOptions with defaults, reading the environment Helm sets for plugins.
 func NewPushOptions(streams genericiooptions.IOStreams) *PushOptions {
-	return &PushOptions{
+	o := &PushOptions{
 		IOStreams:      streams,
 		Jobs:           4,
 		Output:         "table",
@@ -114,9 +115,10 @@ func NewPushOptions(streams genericiooptions.IOStreams) *PushOptions {
 		Debug:          truthy(os.Getenv("HELM_DEBUG")),
 		RegistryConfig: os.Getenv("HELM_REGISTRY_CONFIG"),
 		helmBin:        os.Getenv("HELM_BIN"),
-		NewCredential:  func() (azcore.TokenCredential, error) { return azure.NewCredential(azure.KindDefault) },
 		IsTerminal:     printers.IsTerminal,
 	}
+	o.NewCredential = func() (azcore.TokenCredential, error) { return azure.NewCredential(o.AzureCred) }
+	return o
 }
 
 func truthy(s string) bool {
@@ -141,6 +143,7 @@ func (o *PushOptions) AddFlags(cmd *cobra.Command) {
 	f.StringVarP(&o.Output, "output", "o", o.Output, "Output format: table or json")
 	f.StringVar(&o.ValuesOut, "values-out", o.ValuesOut, "Write a values overlay pointing the chart's image fields at the pushed images by digest")
 	f.StringVar(&o.Auth, "auth", o.Auth, "Sign-in to REGISTRY: auto (Entra ID for *.azurecr.io, else Docker/Helm credentials), azure, docker or anonymous")
+	azure.AddCredentialFlag(f, &o.AzureCred)
 	f.BoolVar(&o.PlainHTTP, "plain-http", o.PlainHTTP, "Allow plain-http registries")
 	f.BoolVar(&o.Insecure, "insecure-skip-tls-verify", o.Insecure, "Skip TLS certificate verification of registries")
 	f.DurationVar(&o.Timeout, "timeout", o.Timeout, "Give up after this long (0 means no limit)")
@@ -215,6 +218,9 @@ func (o *PushOptions) Validate() error {
 	case AuthAzure, AuthDocker, AuthAnonymous:
 	default:
 		return fmt.Errorf("unknown --auth %q (want one of: auto, azure, docker, anonymous)", o.Auth)
+	}
+	if err := azure.ValidateCredentialKind(o.AzureCred); err != nil {
+		return err
 	}
 	if o.ChartOnly && o.ImagesOnly {
 		return errors.New("--chart-only and --images-only cannot be used together")
