@@ -98,6 +98,7 @@ run helm install "$RELEASE" "oci://$ACR_LOGIN_SERVER/mlapp" --version "$chart_ve
 digest() { jq -r --arg v "$1" '.images[] | select(.tag==$v) | .digest' "$work/images.json"; }
 declare -A port
 go build -o "$work/model-server" ./examples/model-server
+go build -o "$work/loadgen" ./examples/model-server/cmd/loadgen
 for v in v1 v2 v3; do
   port[$v]=$(freeport)
   bg "$work/model-server" -model-path "examples/model-server/models/$v.json" -port "${port[$v]}"
@@ -106,7 +107,7 @@ for v in v1 v2 v3; do
     --port 8080 --target "127.0.0.1:${port[$v]}" --scrape
 done
 say "traffic: the load generator sends predict requests to the model servers, as the Service would"
-bg go run ./examples/model-server/cmd/loadgen -url "http://127.0.0.1:${port[v1]}" -url "http://127.0.0.1:${port[v2]}" \
+bg "$work/loadgen" -url "http://127.0.0.1:${port[v1]}" -url "http://127.0.0.1:${port[v2]}" \
   -url "http://127.0.0.1:${port[v3]}" -rps 30 -duration 30m
 pod=$(kubectl get pods -n "$NS" -l "app.kubernetes.io/instance=$RELEASE" -o jsonpath='{.items[0].metadata.name}')
 for i in $(seq 1 60); do
