@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
+	"github.com/aks-mlops/mlplugins/pkg/shared/azure"
 	"net/http"
 	"sort"
 	"strings"
@@ -36,6 +38,8 @@ type Factory struct {
 	Now func() time.Time
 	// Owner names this process in the rollout state (user@host (pid N)).
 	Owner string
+	// AzureCredential is --azure-credential: the Entra credential kind for Azure Monitor ("" for the default chain).
+	AzureCredential string
 	// NewQuery builds the Prometheus query function for a URL and auth mode; tests replace it.
 	NewQuery func(url, auth string) (rollout.QueryFunc, error)
 	// NewPodHTTP builds the port-forwarding HTTP client; tests replace it.
@@ -47,14 +51,15 @@ type Factory struct {
 
 // NewFactory returns a Factory reading the real kubeconfig.
 func NewFactory(streams genericiooptions.IOStreams) *Factory {
-	return &Factory{
+	f := &Factory{
 		IOStreams:   streams,
 		ConfigFlags: newConfigFlags(),
 		Now:         time.Now,
 		Owner:       rollout.OwnerID(),
-		NewQuery:    newPromQuery,
 		NewPodHTTP:  rollout.PortForwardHTTP,
 	}
+	f.NewQuery = func(url, auth string) (rollout.QueryFunc, error) { return newPromQuery(url, auth, f.AzureCredential) }
+	return f
 }
 
 // countingGetter wraps the REST config so that every API request is counted.
@@ -116,8 +121,16 @@ func (f *Factory) namespaceAndName(args []string) (*kube.Clients, string, error)
 	return c, args[0], nil
 }
 
-func newPromQuery(url, auth string) (rollout.QueryFunc, error) {
-	c, err := prom.NewForURL(url, auth, nil)
+func newPromQuery(url, auth, credentialKind string) (rollout.QueryFunc, error) {
+	var cred azcore.TokenCredential
+	if credentialKind != "" {
+		c, err := azure.NewCredential(credentialKind)
+		if err != nil {
+			return nil, fmt.Errorf("prometheus credential: %w", err)
+		}
+		cred = c
+	}
+	c, err := prom.NewForURL(url, auth, cred)
 	if err != nil {
 		return nil, err
 	}

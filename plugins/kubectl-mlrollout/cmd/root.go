@@ -3,6 +3,7 @@
 package cmd
 
 import (
+	"github.com/aks-mlops/mlplugins/pkg/shared/azure"
 	"strings"
 
 	"github.com/spf13/cobra"
@@ -47,6 +48,8 @@ func newRoot(f *Factory) *cobra.Command {
 	root.SetOut(f.Out)
 	root.SetErr(f.ErrOut)
 	f.ConfigFlags.AddFlags(root.PersistentFlags())
+	azure.AddCredentialFlag(root.PersistentFlags(), &f.AzureCredential)
+	root.PersistentPreRunE = func(*cobra.Command, []string) error { return azure.ValidateCredentialKind(f.AzureCredential) }
 	root.AddCommand(
 		NewCmdStart(f),
 		NewCmdStatus(f),
