@@ -38,10 +38,10 @@ const downloadBase = "https://github.com/aks-mlops/mlplugins/releases/download"
 var semver = regexp.MustCompile(`^v\d+\.\d+\.\d+(-[0-9A-Za-z.-]+)?$`)
 
 type plugin struct {
-	Name    string // binary name
-	Krew    string // krew plugin name ("" for the Helm plugin)
-	Extra   []file // files besides the binary and LICENSE
-	WrapDir string // top-level directory inside the archive ("" for none)
+	Name   string // binary name
+	Krew   string // krew plugin name ("" for the Helm plugin)
+	Extra  []file // files besides the binary and LICENSE
+	BinDir string // directory of the binary inside the archive ("" for the root)
 }
 
 type file struct{ from, to string }
@@ -49,7 +49,8 @@ type file struct{ from, to string }
 var plugins = []plugin{
 	{Name: "kubectl-mlrollout", Krew: "mlrollout", Extra: []file{{"hack/dist/completion/kubectl_complete-mlrollout", "kubectl_complete-mlrollout"}}},
 	{Name: "kubectl-mlhealth", Krew: "mlhealth", Extra: []file{{"hack/dist/completion/kubectl_complete-mlhealth", "kubectl_complete-mlhealth"}}},
-	{Name: "helm-acrpush", WrapDir: "acrpush", Extra: []file{
+	// plugin.yaml at the archive's root: Helm's HTTP installer looks for it there.
+	{Name: "helm-acrpush", BinDir: "bin", Extra: []file{
 		{"plugins/helm-acrpush/plugin.yaml", "plugin.yaml"},
 		{"plugins/helm-acrpush/scripts/install-binary.sh", "scripts/install-binary.sh"},
 	}},
@@ -162,13 +163,8 @@ func buildOne(p plugin, goos, goarch, version, commit string, date time.Time, ou
 		}
 		entries = append(entries, entry{name: f.to, src: f.from, mode: mode})
 	}
-	if p.WrapDir != "" {
-		for i := range entries {
-			if entries[i].name == bin {
-				entries[i].name = "bin/" + bin
-			}
-			entries[i].name = p.WrapDir + "/" + entries[i].name
-		}
+	if p.BinDir != "" {
+		entries[0].name = p.BinDir + "/" + bin
 	}
 	sort.Slice(entries, func(i, j int) bool { return entries[i].name < entries[j].name })
 	name := fmt.Sprintf("%s_%s_%s_%s", p.Name, version, goos, goarch)

@@ -91,12 +91,15 @@ func TestDistReproducibleAndInstallable(t *testing.T) {
 		t.Fatalf("unpacking: %v\n%s", err, out)
 	}
 	for _, helm := range []string{"helm", "helm4"} {
-		for _, source := range []string{srv.URL + "/" + names["helm-acrpush"], filepath.Join(unpacked, "acrpush")} {
+		for _, source := range []string{srv.URL + "/" + names["helm-acrpush"], unpacked} {
 			t.Run(helm+" plugin install "+filepath.Base(source), func(t *testing.T) {
-				plugins := t.TempDir()
+				// Helm's HTTP installer (and Helm 4's local one) install into $HELM_DATA_HOME/plugins whatever
+				// HELM_PLUGINS says, so HELM_PLUGINS keeps its default there, in isolated Helm homes.
+				config, cache, data := t.TempDir(), t.TempDir(), t.TempDir()
+				plugins := filepath.Join(data, "plugins")
 				run := func(args ...string) framework.Result {
 					cmd := env.Command(filepath.Join(env.PlatformBin, helm), args...)
-					cmd.Env = append(cmd.Env, "HELM_PLUGINS="+plugins, "HELM_CONFIG_HOME="+t.TempDir(), "HELM_CACHE_HOME="+t.TempDir(), "HELM_DATA_HOME="+t.TempDir())
+					cmd.Env = append(cmd.Env, "HELM_PLUGINS="+plugins, "HELM_CONFIG_HOME="+config, "HELM_CACHE_HOME="+cache, "HELM_DATA_HOME="+data)
 					var o, e bytes.Buffer
 					cmd.Stdout, cmd.Stderr = &o, &e
 					code := 0
