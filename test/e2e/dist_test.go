@@ -57,6 +57,16 @@ func TestDistReproducibleAndInstallable(t *testing.T) {
 		}
 	})
 
+	t.Run("committed manifests", func(t *testing.T) {
+		for _, plugin := range []string{"mlrollout", "mlhealth"} {
+			manifest := filepath.Join(env.Root, "krew-manifests", plugin+".yaml")
+			r := env.Run(t, filepath.Join(env.PlatformBin, "validate-krew-manifest"), "-manifest", manifest, "-skip-install")
+			if r.Code != 0 {
+				t.Errorf("validate-krew-manifest refused %s: %s%s", manifest, r.Stdout, r.Stderr)
+			}
+		}
+	})
+
 	for _, plugin := range []string{"mlrollout", "mlhealth"} {
 		t.Run("krew "+plugin, func(t *testing.T) {
 			manifest := filepath.Join(a, "krew", plugin+".yaml")
