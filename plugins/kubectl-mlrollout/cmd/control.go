@@ -90,12 +90,9 @@ untouched. A process still driving the rollout stops with exit code 1. Exits 0 w
 
 // Complete resolves the namespace and name.
 func (o *ControlOptions) Complete(args []string) error {
-	c, name, err := o.f.namespaceAndName(args)
-	if err != nil {
-		return err
-	}
-	o.Namespace, o.Name = c.Namespace, name
-	return nil
+	var err error
+	o.Namespace, o.Name, err = o.f.target(args)
+	return err
 }
 
 // Validate checks the flags.

@@ -121,6 +121,15 @@ func (f *Factory) namespaceAndName(args []string) (*kube.Clients, string, error)
 	return c, args[0], nil
 }
 
+// target resolves the namespace and the DEPLOYMENT argument a command acts on.
+func (f *Factory) target(args []string) (namespace, name string, err error) {
+	c, name, err := f.namespaceAndName(args)
+	if err != nil {
+		return "", "", err
+	}
+	return c.Namespace, name, nil
+}
+
 func newPromQuery(url, auth, credentialKind string) (rollout.QueryFunc, error) {
 	var cred azcore.TokenCredential
 	if credentialKind != "" {

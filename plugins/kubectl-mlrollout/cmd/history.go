@@ -29,11 +29,10 @@ func NewCmdHistory(f *Factory) *cobra.Command {
 		Args:              cobra.ExactArgs(1),
 		ValidArgsFunction: completeDeployments(f),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, name, err := f.namespaceAndName(args)
-			if err != nil {
+			var err error
+			if o.Namespace, o.Name, err = f.target(args); err != nil {
 				return err
 			}
-			o.Namespace, o.Name = c.Namespace, name
 			if err := printers.ValidateOutput(o.Output, "json"); err != nil {
 				return err
 			}

@@ -65,12 +65,9 @@ func NewCmdPlan(f *Factory) *cobra.Command {
 
 // Complete resolves the namespace and name.
 func (o *PlanOptions) Complete(args []string) error {
-	c, name, err := o.f.namespaceAndName(args)
-	if err != nil {
-		return err
-	}
-	o.Namespace, o.Name = c.Namespace, name
-	return nil
+	var err error
+	o.Namespace, o.Name, err = o.f.target(args)
+	return err
 }
 
 // Validate checks the flags.

@@ -90,12 +90,9 @@ func NewCmdStart(f *Factory) *cobra.Command {
 
 // Complete resolves the namespace, the deployment name and the images.
 func (o *StartOptions) Complete(args []string) error {
-	c, name, err := o.f.namespaceAndName(args)
-	if err != nil {
-		return err
-	}
-	o.Namespace, o.Name = c.Namespace, name
-	return nil
+	var err error
+	o.Namespace, o.Name, err = o.f.target(args)
+	return err
 }
 
 // Validate checks the flags without touching the network.

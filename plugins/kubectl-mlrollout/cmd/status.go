@@ -63,12 +63,9 @@ last result, and who drives it. With -w, wait until the rollout ends and exit wi
 
 // Complete resolves the namespace and name.
 func (o *StatusOptions) Complete(args []string) error {
-	c, name, err := o.f.namespaceAndName(args)
-	if err != nil {
-		return err
-	}
-	o.Namespace, o.Name = c.Namespace, name
-	return nil
+	var err error
+	o.Namespace, o.Name, err = o.f.target(args)
+	return err
 }
 
 // Validate checks the flags.

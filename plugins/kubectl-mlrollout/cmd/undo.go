@@ -33,11 +33,10 @@ rollout is in progress (use abort).`,
 		Args:              cobra.ExactArgs(1),
 		ValidArgsFunction: completeDeployments(f),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, name, err := f.namespaceAndName(args)
-			if err != nil {
+			var err error
+			if o.Namespace, o.Name, err = f.target(args); err != nil {
 				return err
 			}
-			o.Namespace, o.Name = c.Namespace, name
 			if o.ToRevision < 0 {
 				return errors.New("--to-revision must not be negative")
 			}
