@@ -38,6 +38,9 @@ type faultProxy struct {
 	target           *url.URL
 	proxy            *httputil.ReverseProxy
 	retryAfterServed atomic.Int64
+	// The first request (after the ping) and the first blob transfer always fail, so a run with few
+	// requests still meets at least one fault of each kind, whatever order the goroutines run in.
+	erredOnce, resetOnce atomic.Bool
 }
 
 func newFaultProxy(t *testing.T, target string, cfg faultConfig) *faultProxy {
@@ -74,7 +77,7 @@ func (p *faultProxy) serve(w http.ResponseWriter, r *http.Request) {
 		_, _ = io.WriteString(w, `{"errors":[{"code":"DENIED","message":"refused by the test proxy"}]}`)
 		return
 	}
-	if r.URL.Path != "/v2/" && p.roll() < p.cfg.errorRate {
+	if r.URL.Path != "/v2/" && p.cfg.errorRate > 0 && (p.erredOnce.CompareAndSwap(false, true) || p.roll() < p.cfg.errorRate) {
 		p.errors.Add(1)
 		codes := []int{http.StatusInternalServerError, http.StatusBadGateway, http.StatusServiceUnavailable, http.StatusTooManyRequests}
 		code := codes[int(p.roll()*float64(len(codes)))]
@@ -88,7 +91,7 @@ func (p *faultProxy) serve(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	isBlob := (r.Method == http.MethodPatch) || (r.Method == http.MethodGet && strings.Contains(r.URL.Path, "/blobs/sha256:"))
-	if isBlob && p.roll() < p.cfg.resetRate {
+	if isBlob && p.cfg.resetRate > 0 && (p.resetOnce.CompareAndSwap(false, true) || p.roll() < p.cfg.resetRate) {
 		p.resets.Add(1)
 		if r.Method == http.MethodPatch {
 			// Read part of the blob, then drop the connection.
