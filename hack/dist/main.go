@@ -143,7 +143,7 @@ func buildOne(p plugin, goos, goarch, version, commit string, date time.Time, ou
 	if err != nil {
 		return Artifact{}, err
 	}
-	defer os.RemoveAll(tmp)
+	defer func() { _ = os.RemoveAll(tmp) }()
 	ldflags := fmt.Sprintf("-s -w -buildid= -X %[1]s/pkg/shared/version.version=%[2]s -X %[1]s/pkg/shared/version.commit=%[3]s -X %[1]s/pkg/shared/version.date=%[4]s",
 		module, version, commit, date.Format(time.RFC3339))
 	cmd := exec.Command("go", "build", "-trimpath", "-ldflags", ldflags, "-o", filepath.Join(tmp, bin), "./plugins/"+p.Name)

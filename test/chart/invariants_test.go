@@ -16,12 +16,11 @@ import (
 
 // objects holds one render, decoded.
 type objects struct {
-	raw         map[string]map[string]any // "Kind/name" -> object
-	deployment  appsv1.Deployment
-	service     corev1.Service
-	testPod     corev1.Pod
-	pdb         *policyv1.PodDisruptionBudget
-	imageOfKind map[string][]string
+	raw        map[string]map[string]any // "Kind/name" -> object
+	deployment appsv1.Deployment
+	service    corev1.Service
+	testPod    corev1.Pod
+	pdb        *policyv1.PodDisruptionBudget
 }
 
 func decodeRender(t *testing.T, out map[string]string) objects {

@@ -223,16 +223,6 @@ func (s *acrSignin) exchange(t *testing.T, aad, tenant string) answer {
 	return s.postForm(t, "/oauth2/exchange", form)
 }
 
-func (s *acrSignin) refreshToken(t *testing.T) string {
-	t.Helper()
-	a := s.exchange(t, s.entraToken(t, scopeACR), s.tenant)
-	rt, _ := a.body["refresh_token"].(string)
-	if a.status != http.StatusOK || rt == "" {
-		t.Fatalf("exchange: %d %s", a.status, a.raw)
-	}
-	return rt
-}
-
 func (s *acrSignin) accessToken(t *testing.T, refresh string, scopes ...string) answer {
 	t.Helper()
 	form := url.Values{"grant_type": {"refresh_token"}, "service": {s.loginServer}, "refresh_token": {refresh}, "scope": scopes}

@@ -52,14 +52,14 @@ func runDown(_ context.Context, args []string, _, stderr io.Writer) error {
 	}
 	// Route processes started by tests register here too; stop any that outlived their test.
 	if *keep {
-		os.Remove(statePath(dir))
+		_ = os.Remove(statePath(dir))
 		fmt.Fprintf(stderr, "platform stopped in %.1fs; state kept in %s\n", time.Since(started).Seconds(), dir)
 		return nil
 	}
 	if err := wipe(dir); err != nil {
 		return err
 	}
-	os.Remove(filepath.Join(dir, ".lock"))
+	_ = os.Remove(filepath.Join(dir, ".lock"))
 	if err := os.Remove(dir); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return err
 	}

@@ -20,7 +20,7 @@ func spawn(dir, name string, env []string, bin string, args ...string) (Componen
 	if err != nil {
 		return Component{}, err
 	}
-	defer logf.Close()
+	defer func() { _ = logf.Close() }()
 	cmd := exec.Command(bin, args...)
 	cmd.Dir = dir
 	cmd.Stdout = logf
@@ -121,7 +121,7 @@ func freePorts(n int) ([]int, error) {
 	var ls []net.Listener
 	defer func() {
 		for _, l := range ls {
-			l.Close()
+			_ = l.Close()
 		}
 	}()
 	ports := make([]int, 0, n)

@@ -87,7 +87,7 @@ func runRoute(ctx context.Context, args []string, _, stderr io.Writer) error {
 	if err := os.WriteFile(pidFile, []byte(strconv.Itoa(os.Getpid())+"\n"), 0o644); err != nil {
 		return err
 	}
-	defer os.Remove(pidFile)
+	defer func() { _ = os.Remove(pidFile) }()
 	r := &router{o: o, kc: kc, stderr: stderr, routed: map[string]podInfo{},
 		sdFile: filepath.Join(dir, "prometheus", "targets", fmt.Sprintf("route-%s-%d.json", o.namespace, os.Getpid()))}
 	return r.run(ctx)
@@ -370,6 +370,6 @@ func (r *router) cleanup() {
 		}
 	}
 	if r.o.scrape {
-		os.Remove(r.sdFile)
+		_ = os.Remove(r.sdFile)
 	}
 }

@@ -131,10 +131,10 @@ func lockDir(dir string) (func(), error) {
 		return nil, err
 	}
 	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX); err != nil {
-		f.Close()
+		_ = f.Close()
 		return nil, fmt.Errorf("lock %s: %w", dir, err)
 	}
-	return func() { _ = syscall.Flock(int(f.Fd()), syscall.LOCK_UN); f.Close() }, nil
+	return func() { _ = syscall.Flock(int(f.Fd()), syscall.LOCK_UN); _ = f.Close() }, nil
 }
 
 // procStart returns the start time of pid (field 22 of /proc/pid/stat) and whether it is alive (not a zombie).
@@ -178,7 +178,7 @@ func rssBytes(pid int) int64 {
 		for _, line := range strings.Split(string(b), "\n") {
 			if strings.HasPrefix(line, "VmRSS:") {
 				var kb int64
-				fmt.Sscan(strings.TrimSpace(strings.TrimSuffix(strings.TrimPrefix(line, "VmRSS:"), "kB")), &kb)
+				_, _ = fmt.Sscan(strings.TrimSpace(strings.TrimSuffix(strings.TrimPrefix(line, "VmRSS:"), "kB")), &kb)
 				total += kb * 1024
 			}
 		}
@@ -211,7 +211,7 @@ func descendants(pid int) []int {
 			continue
 		}
 		var pp int
-		fmt.Sscan(f[1], &pp)
+		_, _ = fmt.Sscan(f[1], &pp)
 		parent[p] = pp
 	}
 	var out []int

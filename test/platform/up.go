@@ -714,8 +714,8 @@ func httpOK(ctx context.Context, hc *http.Client, url string, extra []int) error
 	if err != nil {
 		return err
 	}
-	io.Copy(io.Discard, resp.Body)
-	resp.Body.Close()
+	_, _ = io.Copy(io.Discard, resp.Body)
+	_ = resp.Body.Close()
 	if resp.StatusCode/100 == 2 {
 		return nil
 	}

@@ -72,7 +72,7 @@ func NewRoot(displayName, short, long string) *cobra.Command {
 		Annotations:   map[string]string{cobra.CommandDisplayNameAnnotation: displayName},
 	}
 	cmd.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
-		return fmt.Errorf("%w\nSee '%s --help' for usage.", err, c.CommandPath())
+		return fmt.Errorf("%w\nSee '%s --help' for usage.", err, c.CommandPath()) //nolint:staticcheck // kubectl's form of a flag error
 	})
 	return cmd
 }

@@ -441,8 +441,8 @@ func (e *Env) Route(t testing.TB, ns, selector string, podPort int, target strin
 			}
 		}
 	}()
-	waited := make(chan error, 1)
-	go func() { <-done; waited <- cmd.Wait() }()
+	waited := make(chan struct{})
+	go func() { <-done; _ = cmd.Wait(); close(waited) }() // the route's exit status means nothing once the test ends
 	t.Cleanup(func() {
 		_ = cmd.Process.Signal(os.Interrupt)
 		select {

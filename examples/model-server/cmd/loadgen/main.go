@@ -130,7 +130,7 @@ func Generate(ctx context.Context, o Options) Summary {
 			resp, err := client.Post(url, "application/json", bytes.NewReader([]byte(o.Body)))
 			if err == nil {
 				_, _ = io.Copy(io.Discard, resp.Body)
-				resp.Body.Close()
+				_ = resp.Body.Close()
 				code = strconv.Itoa(resp.StatusCode)
 			}
 			ms := float64(time.Since(t0).Microseconds()) / 1000

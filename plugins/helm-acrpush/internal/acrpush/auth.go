@@ -198,7 +198,7 @@ func (a *EntraAuth) exchange(ctx context.Context, accessToken string) (string, e
 		return "", &SignInError{Registry: a.Registry, Step: StepExchange, Err: fmt.Errorf("POST %s: %w", endpoint, unwrapURLError(err)),
 			Hint: "the registry is unreachable: check the login server name, DNS, proxy settings and the registry firewall / private endpoint"}
 	}
-	defer resp.Body.Close()
+	defer func() { _ = resp.Body.Close() }()
 	body, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
 	if resp.StatusCode != http.StatusOK {
 		msg := fmt.Sprintf("POST %s: %s%s", endpoint, resp.Status, registryMessage(body))

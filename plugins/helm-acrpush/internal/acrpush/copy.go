@@ -350,11 +350,11 @@ func (s *sourceClients) open(ctx context.Context, repo name.Repository, d blobDe
 		return nil, err
 	}
 	if err := transport.CheckError(resp, http.StatusOK); err != nil {
-		resp.Body.Close()
+		_ = resp.Body.Close()
 		return nil, err
 	}
 	if resp.ContentLength >= 0 && resp.ContentLength != d.Size {
-		resp.Body.Close()
+		_ = resp.Body.Close()
 		return nil, fmt.Errorf("blob %s: source sent %d bytes, the manifest says %d", d.Digest, resp.ContentLength, d.Size)
 	}
 	return &sizedBody{rc: resp.Body, left: d.Size, digest: d.Digest}, nil

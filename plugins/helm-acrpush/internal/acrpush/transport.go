@@ -108,7 +108,7 @@ func (t *retryTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 		}
 		if resp != nil {
 			_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
-			resp.Body.Close()
+			_ = resp.Body.Close()
 		}
 		t.log.printf("%s %s: %s, retry %d/%d in %s", req.Method, redactURL(req), what, attempt, t.policy.Attempts-1, delay.Round(time.Millisecond))
 		if err := sleep(req.Context(), delay); err != nil {
@@ -158,7 +158,6 @@ type stats struct {
 	requests    atomic.Int64
 	blobUploads atomic.Int64 // upload sessions started (POST /blobs/uploads/ without a successful mount)
 	mounts      atomic.Int64
-	bytesOut    atomic.Int64
 }
 
 // countingTransport logs each request line and counts uploads.

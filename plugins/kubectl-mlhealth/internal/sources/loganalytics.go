@@ -222,7 +222,7 @@ func num(v any) float64 {
 		return x
 	case string:
 		var f float64
-		fmt.Sscan(x, &f)
+		_, _ = fmt.Sscan(x, &f) // not a number: 0, as an empty cell
 		return f
 	}
 	return 0

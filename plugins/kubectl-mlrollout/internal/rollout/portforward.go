@@ -66,7 +66,7 @@ func PortForwardHTTP(cfg *rest.Config) (PodHTTPFunc, error) {
 		if err != nil {
 			return nil, err
 		}
-		defer conn.Close()
+		defer func() { _ = conn.Close() }()
 		if dl, ok := ctx.Deadline(); ok {
 			_ = conn.SetDeadline(dl)
 		}
@@ -79,7 +79,7 @@ func PortForwardHTTP(cfg *rest.Config) (PodHTTPFunc, error) {
 		if err != nil {
 			return nil, fmt.Errorf("reading the answer: %w", err)
 		}
-		defer resp.Body.Close()
+		defer func() { _ = resp.Body.Close() }()
 		body, err := io.ReadAll(io.LimitReader(resp.Body, maxBody))
 		if err != nil {
 			return nil, fmt.Errorf("reading the answer: %w", err)
