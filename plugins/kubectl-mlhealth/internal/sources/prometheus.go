@@ -3,6 +3,8 @@ package sources
 import (
 	"context"
 	"fmt"
+	neturl "net/url"
+
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
 	"github.com/aks-mlops/mlplugins/pkg/shared/azure"
 	"sort"
@@ -69,7 +71,15 @@ func NewPrometheus(url, auth, profile, credentialKind string) (*Prometheus, erro
 	if err != nil {
 		return nil, err
 	}
-	return &Prometheus{Client: c, Profile: p, URL: url}, nil
+	return &Prometheus{Client: c, Profile: p, URL: redactURL(url)}, nil
+}
+
+// redactURL hides the password of a URL with user info: the URL is shown in the report.
+func redactURL(s string) string {
+	if u, err := neturl.Parse(s); err == nil {
+		return u.Redacted()
+	}
+	return s
 }
 
 // MetricsQuery scopes the queries.

@@ -142,6 +142,16 @@ func TestPrometheusCollect(t *testing.T) {
 	}
 }
 
+func TestNewPrometheusKeepsNoPasswordForTheReport(t *testing.T) {
+	p, err := NewPrometheus("http://user:s3cret@127.0.0.1:9090", "none", ProfileAzure, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(p.URL, "s3cret") || !strings.Contains(p.URL, "user:") {
+		t.Errorf("URL = %q, want the password redacted", p.URL)
+	}
+}
+
 func TestLogAnalyticsCollect(t *testing.T) {
 	var mu sync.Mutex
 	var bodies []map[string]string
