@@ -7,6 +7,7 @@ import (
 	"github.com/aks-mlops/mlplugins/pkg/shared/azure"
 	"io"
 	"os"
+	"regexp"
 	"sort"
 	"strconv"
 	"strings"
@@ -181,6 +182,9 @@ func (o *HealthOptions) Complete(cmd *cobra.Command, args []string) error {
 	return nil
 }
 
+// workspaceID matches a Log Analytics workspace ID (a GUID).
+var workspaceID = regexp.MustCompile(`^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$`)
+
 // ParseSince parses a --since value: a Go duration or a whole number of days ("1d").
 func ParseSince(s string) (time.Duration, error) {
 	if d, ok := strings.CutSuffix(s, "d"); ok {
@@ -245,6 +249,9 @@ func (o *HealthOptions) Validate() error {
 			return err
 		}
 		o.Metrics = m
+	}
+	if o.LogAnalyticsWorkspace != "" && !workspaceID.MatchString(o.LogAnalyticsWorkspace) {
+		return fmt.Errorf("invalid --log-analytics-workspace %q: want the workspace ID, a GUID", o.LogAnalyticsWorkspace)
 	}
 	if o.Logs == nil && o.LogAnalyticsWorkspace != "" {
 		l, err := sources.NewLogAnalytics(o.LogAnalyticsWorkspace, o.LogAnalyticsEndpoint, o.AzureCredential)

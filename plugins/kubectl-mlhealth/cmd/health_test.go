@@ -174,6 +174,7 @@ func TestBadInput(t *testing.T) {
 		{[]string{"nosuchapp"}, `no Deployment matches "nosuchapp" by app.kubernetes.io/instance, app.kubernetes.io/name or name in namespace "ml"`},
 		{[]string{"--interval", "0s", "-w"}, `invalid --interval 0s: want a positive duration`},
 		{[]string{"a", "b"}, `accepts at most 1 arg(s), received 2`},
+		{[]string{"--log-analytics-workspace", "myworkspace"}, `invalid --log-analytics-workspace "myworkspace": want the workspace ID, a GUID`},
 	}
 	for _, tt := range tests {
 		t.Run(strings.Join(tt.args, " "), func(t *testing.T) {
