@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/url"
 	"reflect"
 	"time"
 
@@ -113,11 +114,23 @@ func (o *StartOptions) Validate() error {
 		return fmt.Errorf("unknown --dry-run %q (want client or server)", o.DryRun)
 	case o.Timeout < 0:
 		return errors.New("--timeout must not be negative")
+	case urlHasPassword(o.PrometheusURL):
+		// The URL is recorded in the rollout state on the Deployment and shown in errors.
+		return errors.New("--prometheus-url must not contain a password: it is recorded on the Deployment (use --prometheus-auth azure, or a URL without credentials)")
 	}
 	return printers.ValidateOutput(o.Output, "json")
 }
 
 // prepare validates everything against the cluster and Prometheus before anything is changed.
+func urlHasPassword(s string) bool {
+	u, err := url.Parse(s)
+	if err != nil || u.User == nil {
+		return false
+	}
+	_, set := u.User.Password()
+	return set
+}
+
 func (o *StartOptions) prepare(ctx context.Context) (*appsv1.Deployment, rollout.StartSpec, error) {
 	spec := rollout.StartSpec{Images: o.Images, OnFailure: o.OnFailure, PrometheusURL: o.PrometheusURL, PrometheusAuth: o.PrometheusAuth, Takeover: o.Takeover}
 	p, err := o.planFlags.load()
