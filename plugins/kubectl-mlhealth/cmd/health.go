@@ -318,14 +318,14 @@ func (o *HealthOptions) Run(ctx context.Context) error {
 		}
 		select {
 		case <-ctx.Done():
-			return o.stopped(last)
+			return o.stopped(ctx, last)
 		case <-time.After(o.Interval):
 		}
 	}
 }
 
 // stopped ends a watch or wait: on --timeout or Ctrl-C.
-func (o *HealthOptions) stopped(last *health.Report) error {
+func (o *HealthOptions) stopped(ctx context.Context, last *health.Report) error {
 	if o.WaitHealthy {
 		if last != nil && !o.Watch {
 			if err := o.render(o.Out, *last); err != nil {
@@ -335,6 +335,9 @@ func (o *HealthOptions) stopped(last *health.Report) error {
 		status := "no report"
 		if last != nil {
 			status = summary(*last)
+		}
+		if !errors.Is(ctx.Err(), context.DeadlineExceeded) {
+			return cliutil.Exit(ExitError, fmt.Errorf("interrupted waiting for %s to be healthy: %s", o.target(), status))
 		}
 		return cliutil.Exit(ExitTimeout, fmt.Errorf("timed out after %s waiting for %s to be healthy: %s", o.Timeout, o.target(), status))
 	}

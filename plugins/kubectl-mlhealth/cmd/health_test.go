@@ -250,6 +250,20 @@ func TestWaitHealthy(t *testing.T) {
 	}
 }
 
+func TestWaitHealthyInterruptedIsNotATimeout(t *testing.T) {
+	o, _, _, _ := newOptions(t, "broken")
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	ctx, cancelNow := context.WithCancel(ctx)
+	time.AfterFunc(150*time.Millisecond, cancelNow)
+	cmd := NewCmdHealth(o)
+	cmd.SetArgs([]string{"crash", "--wait-healthy", "--interval", "50ms"})
+	err := cmd.ExecuteContext(ctx)
+	if cliutil.ExitCode(err) != ExitError || !strings.HasPrefix(err.Error(), `interrupted waiting for app "crash" in namespace "ml" to be healthy: Critical`) {
+		t.Errorf("error = %v (code %d), want an interruption, exit 1", err, cliutil.ExitCode(err))
+	}
+}
+
 func TestWatchAppendsOnAPipe(t *testing.T) {
 	o, out, _, _ := newOptions(t, "healthy")
 	err := run(o, "sentiment", "-w", "--timeout", "250ms", "--interval", "100ms", "-o", "yaml")
