@@ -205,6 +205,7 @@ func TestStartBadInput(t *testing.T) {
 		{"bad dry-run", []string{"start", "mlapp", "--image", "model=x:2", "--dry-run=yes"}, `unknown --dry-run "yes" (want client or server)`},
 		{"plan and steps", []string{"start", "mlapp", "--image", "model=x:2", "--steps", "10", "--plan", badPlan}, `--plan and --steps are mutually exclusive (put the steps in the plan file)`},
 		{"bad output", []string{"start", "mlapp", "--image", "model=x:2", "-o", "yaml"}, `unknown output format "yaml" (want one of: json)`},
+		{"prometheus auth without url", []string{"start", "mlapp", "--image", "model=x:2", "--prometheus-auth", "azure"}, `--prometheus-auth needs --prometheus-url`},
 		{"password in prometheus url", []string{"start", "mlapp", "--image", "model=x:2", "--prometheus-url", "https://u:s3cret@p.example"}, `--prometheus-url must not contain a password: it is recorded on the Deployment (use --prometheus-auth azure, or a URL without credentials)`},
 		{"in progress", []string{"start", "busy", "--image", "model=x:2"}, `rollout 20261126-095000-000 of deployment "busy" is in progress (Progressing), driven by bob@ci (pid 7) (heartbeat 1s ago)`},
 	}

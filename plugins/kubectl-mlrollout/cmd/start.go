@@ -110,6 +110,8 @@ func (o *StartOptions) Validate() error {
 		return fmt.Errorf("unknown --on-failure %q (want rollback or pause)", o.OnFailure)
 	case o.PrometheusAuth != "" && o.PrometheusAuth != "none" && o.PrometheusAuth != "azure":
 		return fmt.Errorf("unknown --prometheus-auth %q (want none or azure)", o.PrometheusAuth)
+	case o.PrometheusAuth != "" && o.PrometheusURL == "":
+		return errors.New("--prometheus-auth needs --prometheus-url")
 	case o.DryRun != "none" && o.DryRun != "client" && o.DryRun != "server":
 		return fmt.Errorf("unknown --dry-run %q (want client or server)", o.DryRun)
 	case o.Timeout < 0:
