@@ -250,7 +250,7 @@ func (p *parser) step(n *yaml.Node) (Step, error) {
 }
 
 func (p *parser) check(n *yaml.Node) (Check, error) {
-	f, err := p.mapping(n, "check", "name", "interval", "failureLimit", "prometheus", "http")
+	f, err := p.mapping(n, "check", "name", "interval", "initialDelay", "failureLimit", "prometheus", "http")
 	if err != nil {
 		return Check{}, err
 	}
@@ -266,6 +266,11 @@ func (p *parser) check(n *yaml.Node) (Check, error) {
 		}
 		if c.Interval == 0 {
 			return c, p.errf(in, "interval must be positive")
+		}
+	}
+	if dn, ok := f["initialDelay"]; ok {
+		if c.InitialDelay, err = p.duration(dn, "initialDelay"); err != nil {
+			return c, err
 		}
 	}
 	if fl, ok := f["failureLimit"]; ok {

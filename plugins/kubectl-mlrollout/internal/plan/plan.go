@@ -66,8 +66,11 @@ func (s Step) String() string {
 
 // Check is a canary check run at every weight step.
 type Check struct {
-	Name         string           `json:"name"`
-	Interval     Duration         `json:"interval,omitempty"`
+	Name     string   `json:"name"`
+	Interval Duration `json:"interval,omitempty"`
+	// InitialDelay is how long the check's first measurement of a step waits after the step's
+	// canary pods are Ready (a new pod has no Prometheus series until it has been scraped).
+	InitialDelay Duration         `json:"initialDelay,omitempty"`
 	FailureLimit int              `json:"failureLimit,omitempty"`
 	Prometheus   *PrometheusCheck `json:"prometheus,omitempty"`
 	HTTP         *HTTPCheck       `json:"http,omitempty"`

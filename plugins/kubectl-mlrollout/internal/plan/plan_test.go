@@ -18,10 +18,10 @@ func TestParseFull(t *testing.T) {
 	if len(p.Checks) != 3 {
 		t.Fatalf("checks = %+v", p.Checks)
 	}
-	if c := p.Checks[0]; *c.Prometheus.Max != 0.5 || c.EffectiveInterval() != 30*time.Second {
+	if c := p.Checks[0]; *c.Prometheus.Max != 0.5 || c.EffectiveInterval() != 30*time.Second || time.Duration(c.InitialDelay) != 90*time.Second {
 		t.Fatalf("check 0 = %+v", c)
 	}
-	if c := p.Checks[1]; *c.Prometheus.MaxRatio != 1.2 || c.EffectiveInterval() != DefaultInterval {
+	if c := p.Checks[1]; *c.Prometheus.MaxRatio != 1.2 || c.EffectiveInterval() != DefaultInterval || c.InitialDelay != 0 {
 		t.Fatalf("check 1 = %+v", c)
 	}
 	h := p.Checks[2].HTTP
@@ -50,6 +50,9 @@ func TestParseErrors(t *testing.T) {
 		{"dup check", head + "steps:\n- weight: 10\nchecks:\n- name: a\n  http: {port: 80}\n- name: a\n  http: {port: 80}\n", `plan file "p.yaml": line 8: duplicate check name "a" (first on line 6)`},
 		{"bad port", head + "steps:\n- weight: 10\nchecks:\n- name: a\n  http: {port: 0}\n", `plan file "p.yaml": line 7: port 0 is outside 1..65535`},
 		{"bad jsonpath", head + "steps:\n- weight: 10\nchecks:\n- name: a\n  http:\n    port: 80\n    compareWithStable: {jsonPath: predictions}\n", `plan file "p.yaml": line 9: jsonPath: "predictions" must start with $`},
+		{"bad initialDelay", head + "steps:\n- weight: 10\nchecks:\n- name: a\n  initialDelay: 10\n  http: {port: 80}\n", `plan file "p.yaml": line 7: initialDelay: bad duration "10" (want e.g. 30s, 2m, 1h)`},
+		{"negative initialDelay", head + "steps:\n- weight: 10\nchecks:\n- name: a\n  initialDelay: -5s\n  http: {port: 80}\n", `plan file "p.yaml": line 7: initialDelay: duration "-5s" is negative`},
+		{"initialDelay not scalar", head + "steps:\n- weight: 10\nchecks:\n- name: a\n  initialDelay: [5s]\n  http: {port: 80}\n", `plan file "p.yaml": line 7: initialDelay must be a scalar`},
 		{"pause with field", head + "steps:\n- pause: {}\n  weight: 10\n", `plan file "p.yaml": line 4: a pause step takes no other field`},
 		{"not yaml", "steps: [\n", `plan file "p.yaml": line 1: did not find expected node content`},
 	}

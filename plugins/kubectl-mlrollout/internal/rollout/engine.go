@@ -567,8 +567,16 @@ func (e *Engine) progress(ctx context.Context, d *appsv1.Deployment, st, next *S
 			CanaryPods: plan.PodRegex(names(cpods)), StablePods: plan.PodRegex(names(spods)),
 		},
 	}
+	delayed := false // a check still waits for its initialDelay
 	for _, c := range st.Plan.Checks {
 		cs := next.check(c.Name)
+		if first := readyAt.Add(time.Duration(c.InitialDelay)); cs.StepRuns == 0 && now.Before(first) {
+			delayed = true
+			if first.Before(wake) {
+				wake = first
+			}
+			continue
+		}
 		due := cs.StepRuns == 0 || (baking && cs.Last != nil && !now.Before(cs.Last.Time.Add(c.EffectiveInterval())))
 		if !due {
 			if baking && cs.Last != nil {
@@ -598,10 +606,10 @@ func (e *Engine) progress(ctx context.Context, d *appsv1.Deployment, st, next *S
 			}
 		}
 	}
-	if baking {
-		if bakeEnd.Before(wake) {
-			wake = bakeEnd
-		}
+	if baking && bakeEnd.Before(wake) {
+		wake = bakeEnd
+	}
+	if baking || delayed {
 		return e.flush(ctx, d, st, next, wake)
 	}
 	e.advance(next, now)

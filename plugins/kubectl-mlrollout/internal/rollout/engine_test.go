@@ -696,3 +696,80 @@ func TestUndo(t *testing.T) {
 		t.Fatalf("err = %v", err)
 	}
 }
+
+// gatedQuery answers with no series before open (a canary pod Prometheus has not scraped yet) and
+// with v afterwards, and records when each query ran.
+type gatedQuery struct {
+	mu    sync.Mutex
+	open  time.Time
+	v     float64
+	times []time.Time
+}
+
+func (q *gatedQuery) fn(_ context.Context, _ string) ([]Sample, error) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	now := time.Now()
+	q.times = append(q.times, now)
+	if now.Before(q.open) {
+		return nil, nil
+	}
+	return []Sample{{Value: q.v}}, nil
+}
+
+func (q *gatedQuery) count() int {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return len(q.times)
+}
+
+func TestInitialDelay(t *testing.T) {
+	const delay = 400 * time.Millisecond
+	tests := []struct {
+		name        string
+		bake        time.Duration
+		open        time.Duration // series appear this long after the test starts
+		wantOutcome Outcome
+		minQueries  int
+		maxQueries  int
+		reason      string
+	}{
+		// With failureLimit 0 a measurement taken before the delay would see no series and roll back.
+		{name: "no bake", open: delay, wantOutcome: OutcomePromoted, minQueries: 2, maxQueries: 2},
+		// The delay outlasts the bake: the check still runs once per step, after the delay.
+		{name: "delay longer than bake", bake: 100 * time.Millisecond, open: delay, wantOutcome: OutcomePromoted, minQueries: 2, maxQueries: 2},
+		// The bake outlasts the delay: the first measurement waits, the next ones follow every interval.
+		{name: "bake longer than delay", bake: delay + 300*time.Millisecond, open: delay, wantOutcome: OutcomePromoted, minQueries: 3, maxQueries: 12},
+		// An empty result after the delay is still a failed measurement, never a pass.
+		{name: "still empty after delay", open: time.Hour, wantOutcome: OutcomeRolledBack, minQueries: 1, maxQueries: 1, reason: "check errors failed at step 1/2: failed measurement: query returned no data"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			h := newHarness(t)
+			c := promCheck("errors", 0.5)
+			c.Interval = plan.Duration(100 * time.Millisecond)
+			c.InitialDelay = plan.Duration(delay)
+			begin := time.Now()
+			q := &gatedQuery{open: begin.Add(tt.open), v: 0.1}
+			h.start(StartSpec{Plan: mustPlan(t, "10,100", tt.bake, c)}, "me")
+			e := h.engine("me")
+			e.Checker.Query = q.fn
+			res, err := h.run(e, 20*time.Second)
+			if err != nil {
+				t.Fatalf("%v\n%s", err, h.out.String())
+			}
+			if res.Outcome != tt.wantOutcome {
+				t.Fatalf("result = %+v\n%s", res, h.out.String())
+			}
+			if tt.reason != "" && (res.Record == nil || !strings.Contains(res.Record.Reason, tt.reason)) {
+				t.Fatalf("record = %+v, want reason %q", res.Record, tt.reason)
+			}
+			if n := q.count(); n < tt.minQueries || n > tt.maxQueries {
+				t.Fatalf("%d measurements, want %d..%d\n%s", n, tt.minQueries, tt.maxQueries, h.out.String())
+			}
+			if first := q.times[0].Sub(begin); first < delay {
+				t.Fatalf("first measurement %s after the start, before the initialDelay %s", first, delay)
+			}
+		})
+	}
+}
