@@ -91,6 +91,14 @@ func Main(newRoot func(genericiooptions.IOStreams) *cobra.Command) {
 // run executes root with args and returns the exit code, reporting the error on errOut.
 func run(ctx context.Context, root *cobra.Command, args []string, errOut io.Writer) int {
 	root.SetArgs(args)
+	// cobra's completion command is not runnable, so an unknown shell printed its help and exited 0:
+	// make it runnable so that its NoArgs check rejects the argument.
+	root.InitDefaultCompletionCmd(args...)
+	for _, c := range root.Commands() {
+		if c.Name() == "completion" && !c.Runnable() {
+			c.RunE = func(c *cobra.Command, _ []string) error { return c.Help() }
+		}
+	}
 	err := root.ExecuteContext(ctx)
 	if err == nil {
 		return 0

@@ -122,6 +122,13 @@ func TestRun(t *testing.T) {
 			wantErr:  "error: context canceled\n",
 		},
 		{
+			name:     "unknown completion shell",
+			args:     []string{"completion", "tcsh"},
+			runE:     func(*cobra.Command, []string) error { return nil },
+			wantCode: 1,
+			wantErr:  "error: unknown command \"tcsh\" for \"helm acrpush completion\"\n",
+		},
+		{
 			name:     "unknown flag",
 			args:     []string{"do", "--nope"},
 			runE:     func(*cobra.Command, []string) error { return nil },
