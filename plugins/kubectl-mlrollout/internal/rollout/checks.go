@@ -106,6 +106,11 @@ func (k *Checker) prometheus(ctx context.Context, pc *plan.PrometheusCheck, t ch
 	if pc.BaselineQuery == "" {
 		return true, fmt.Sprintf("value %s within bounds", fmtFloat(v))
 	}
+	if t.NoStable {
+		// As for HTTP comparisons: at a step that runs no stable pod (100% with constant capacity) there is no
+		// baseline to measure. The canary's own measurement above still had to succeed.
+		return true, fmt.Sprintf("value %s; baseline not compared (no stable pod runs at this step)", fmtFloat(v))
+	}
 	base, _, err := k.queryOne(ctx, pc.BaselineQuery, t.Vars)
 	if err != nil {
 		return false, "failed baseline measurement: " + err.Error()

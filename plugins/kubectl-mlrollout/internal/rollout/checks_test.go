@@ -30,28 +30,32 @@ func TestPrometheusCheck(t *testing.T) {
 		return answers[q], nil
 	}
 	tests := []struct {
-		name string
-		pc   plan.PrometheusCheck
-		pass bool
-		msg  string
+		name     string
+		pc       plan.PrometheusCheck
+		noStable bool
+		pass     bool
+		msg      string
 	}{
-		{"below max", plan.PrometheusCheck{Query: "canary", Max: f64(3)}, true, "value 2 within bounds"},
-		{"above max", plan.PrometheusCheck{Query: "canary", Max: f64(1.5)}, false, "2 > max 1.5"},
-		{"below min", plan.PrometheusCheck{Query: "canary", Min: f64(5)}, false, "2 < min 5"},
-		{"ratio ok", plan.PrometheusCheck{Query: "canary", BaselineQuery: "baseline", MaxRatio: f64(2.5)}, true, "canary 2 / baseline 1 = 2"},
-		{"ratio too high", plan.PrometheusCheck{Query: "canary", BaselineQuery: "baseline", MaxRatio: f64(1.2)}, false, "canary 2 / baseline 1 = 2 > maxRatio 1.2"},
-		{"baseline zero", plan.PrometheusCheck{Query: "canary", BaselineQuery: "zero", MaxRatio: f64(1.2)}, false, "canary 2, baseline 0"},
-		{"empty", plan.PrometheusCheck{Query: "empty", Max: f64(1)}, false, "failed measurement: query returned no data"},
-		{"nan", plan.PrometheusCheck{Query: "nan", Max: f64(1)}, false, "failed measurement: query returned NaN"},
-		{"two series", plan.PrometheusCheck{Query: "two", Max: f64(5)}, false, "failed measurement: query returned 2 series; aggregate it to one (for example with sum)"},
-		{"error", plan.PrometheusCheck{Query: "broken", Max: f64(1)}, false, "failed measurement: prometheus bad_data (HTTP 400): parse error"},
-		{"empty baseline", plan.PrometheusCheck{Query: "canary", BaselineQuery: "empty", MaxRatio: f64(1)}, false, "failed baseline measurement: query returned no data"},
+		{"below max", plan.PrometheusCheck{Query: "canary", Max: f64(3)}, false, true, "value 2 within bounds"},
+		{"above max", plan.PrometheusCheck{Query: "canary", Max: f64(1.5)}, false, false, "2 > max 1.5"},
+		{"below min", plan.PrometheusCheck{Query: "canary", Min: f64(5)}, false, false, "2 < min 5"},
+		{"ratio ok", plan.PrometheusCheck{Query: "canary", BaselineQuery: "baseline", MaxRatio: f64(2.5)}, false, true, "canary 2 / baseline 1 = 2"},
+		{"ratio too high", plan.PrometheusCheck{Query: "canary", BaselineQuery: "baseline", MaxRatio: f64(1.2)}, false, false, "canary 2 / baseline 1 = 2 > maxRatio 1.2"},
+		{"baseline zero", plan.PrometheusCheck{Query: "canary", BaselineQuery: "zero", MaxRatio: f64(1.2)}, false, false, "canary 2, baseline 0"},
+		{"empty", plan.PrometheusCheck{Query: "empty", Max: f64(1)}, false, false, "failed measurement: query returned no data"},
+		{"nan", plan.PrometheusCheck{Query: "nan", Max: f64(1)}, false, false, "failed measurement: query returned NaN"},
+		{"two series", plan.PrometheusCheck{Query: "two", Max: f64(5)}, false, false, "failed measurement: query returned 2 series; aggregate it to one (for example with sum)"},
+		{"error", plan.PrometheusCheck{Query: "broken", Max: f64(1)}, false, false, "failed measurement: prometheus bad_data (HTTP 400): parse error"},
+		{"empty baseline", plan.PrometheusCheck{Query: "canary", BaselineQuery: "empty", MaxRatio: f64(1)}, false, false, "failed baseline measurement: query returned no data"},
+		{"no stable track", plan.PrometheusCheck{Query: "canary", BaselineQuery: "empty", MaxRatio: f64(1)}, true, true, "value 2; baseline not compared (no stable pod runs at this step)"},
+		{"no stable track, canary empty", plan.PrometheusCheck{Query: "empty", BaselineQuery: "baseline", MaxRatio: f64(1)}, true, false, "failed measurement: query returned no data"},
+		{"no stable track, canary above max", plan.PrometheusCheck{Query: "canary", BaselineQuery: "baseline", Max: f64(1), MaxRatio: f64(9)}, true, false, "2 > max 1"},
 	}
 	k := &Checker{Query: query}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			pc := tt.pc
-			m := k.Run(context.Background(), plan.Check{Name: "c", Prometheus: &pc}, checkTarget{})
+			m := k.Run(context.Background(), plan.Check{Name: "c", Prometheus: &pc}, checkTarget{NoStable: tt.noStable})
 			if m.Passed != tt.pass || m.Message != tt.msg {
 				t.Fatalf("got %v %q, want %v %q", m.Passed, m.Message, tt.pass, tt.msg)
 			}
