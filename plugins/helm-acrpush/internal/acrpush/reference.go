@@ -3,6 +3,7 @@ package acrpush
 import (
 	"errors"
 	"fmt"
+	"net/url"
 	"regexp"
 	"strings"
 
@@ -34,7 +35,11 @@ func ParseDestination(s string) (Destination, error) {
 		return Destination{}, errors.New("registry is empty (want a login server such as myacr.azurecr.io, or an ACR name)")
 	}
 	if strings.Contains(s, "://") {
-		return Destination{}, fmt.Errorf("registry %q: only a host name is expected, without a scheme", raw)
+		shown := raw
+		if u, err := url.Parse(strings.TrimSpace(raw)); err == nil {
+			shown = u.Redacted() // never echo a password given in the URL
+		}
+		return Destination{}, fmt.Errorf("registry %q: only a host name is expected, without a scheme", shown)
 	}
 	host, prefix, _ := strings.Cut(s, "/")
 	if !strings.ContainsAny(host, ".:") && host != "localhost" {

@@ -38,6 +38,7 @@ func TestParseDestination(t *testing.T) {
 		{in: "ab", err: `registry "ab": an ACR name has 5 to 50 letters and digits; give a full login server for other registries`},
 		{in: "my_acr", err: `registry "my_acr" is not a valid host name`},
 		{in: "https://myacr.azurecr.io", err: `registry "https://myacr.azurecr.io": only a host name is expected, without a scheme`},
+		{in: "https://bot:s3cret@myacr.azurecr.io", err: `registry "https://bot:xxxxx@myacr.azurecr.io": only a host name is expected, without a scheme`},
 		{in: "myacr/Team", err: `repository prefix "Team" is invalid (lower-case letters, digits and . _ - separated by /)`},
 	}
 	for _, tt := range tests {

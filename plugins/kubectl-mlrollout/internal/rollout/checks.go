@@ -95,7 +95,7 @@ func fmtFloat(v float64) string { return strconv.FormatFloat(v, 'g', 4, 64) }
 func (k *Checker) prometheus(ctx context.Context, pc *plan.PrometheusCheck, t checkTarget) (bool, string) {
 	v, _, err := k.queryOne(ctx, pc.Query, t.Vars)
 	if err != nil {
-		return false, "failed measurement: " + err.Error()
+		return false, "failed measurement: " + oneLine(err.Error())
 	}
 	if pc.Max != nil && v > *pc.Max {
 		return false, fmt.Sprintf("%s > max %s", fmtFloat(v), fmtFloat(*pc.Max))
@@ -113,7 +113,7 @@ func (k *Checker) prometheus(ctx context.Context, pc *plan.PrometheusCheck, t ch
 	}
 	base, _, err := k.queryOne(ctx, pc.BaselineQuery, t.Vars)
 	if err != nil {
-		return false, "failed baseline measurement: " + err.Error()
+		return false, "failed baseline measurement: " + oneLine(err.Error())
 	}
 	if base == 0 {
 		if v == 0 {

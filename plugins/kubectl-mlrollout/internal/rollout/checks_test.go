@@ -27,6 +27,9 @@ func TestPrometheusCheck(t *testing.T) {
 		if q == "broken" {
 			return nil, errors.New("prometheus bad_data (HTTP 400): parse error")
 		}
+		if q == "multiline" {
+			return nil, errors.New("azure credential:\n  AADSTS7000215: invalid client secret\n  Trace ID: 1")
+		}
 		return answers[q], nil
 	}
 	tests := []struct {
@@ -47,6 +50,7 @@ func TestPrometheusCheck(t *testing.T) {
 		{"two series", plan.PrometheusCheck{Query: "two", Max: f64(5)}, false, false, "failed measurement: query returned 2 series; aggregate it to one (for example with sum)"},
 		{"error", plan.PrometheusCheck{Query: "broken", Max: f64(1)}, false, false, "failed measurement: prometheus bad_data (HTTP 400): parse error"},
 		{"empty baseline", plan.PrometheusCheck{Query: "canary", BaselineQuery: "empty", MaxRatio: f64(1)}, false, false, "failed baseline measurement: query returned no data"},
+		{"multi-line error", plan.PrometheusCheck{Query: "multiline", Max: f64(1)}, false, false, "failed measurement: azure credential: AADSTS7000215: invalid client secret Trace ID: 1"},
 		{"no stable track", plan.PrometheusCheck{Query: "canary", BaselineQuery: "empty", MaxRatio: f64(1)}, true, true, "value 2; baseline not compared (no stable pod runs at this step)"},
 		{"no stable track, canary empty", plan.PrometheusCheck{Query: "empty", BaselineQuery: "baseline", MaxRatio: f64(1)}, true, false, "failed measurement: query returned no data"},
 		{"no stable track, canary above max", plan.PrometheusCheck{Query: "canary", BaselineQuery: "baseline", Max: f64(1), MaxRatio: f64(9)}, true, false, "2 > max 1"},

@@ -184,4 +184,6 @@ func RenderStatus(w io.Writer, s Summary, now time.Time) {
 	_ = tw.Flush()
 }
 
+// oneLine folds text over many lines (an Azure identity error carries a whole HTTP answer) into one line, for
+// tables, Events, check results and the state annotation.
 func oneLine(s string) string { return strings.Join(strings.Fields(s), " ") }
