@@ -237,6 +237,12 @@ func (o *PushOptions) Validate() error {
 	if o.ValuesOut != "" && o.ChartOnly {
 		return errors.New("--values-out needs the images: it cannot be used with --chart-only")
 	}
+	if o.Version != "" && o.ImagesOnly {
+		return errors.New("--version sets the chart's version: it does not apply with --images-only")
+	}
+	if o.AzureCred != "" && o.Auth != AuthAzure {
+		return fmt.Errorf("--azure-credential applies to Entra ID sign-in; the registry's sign-in is %q (use --auth azure)", o.Auth)
+	}
 	return nil
 }
 

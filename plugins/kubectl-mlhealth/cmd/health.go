@@ -95,6 +95,8 @@ type HealthOptions struct {
 	AzureCredential       string
 	NoColor               bool
 
+	intervalOrTimeoutSet bool // --interval or --timeout given: they need -w or --wait-healthy
+
 	// Filled by Complete; tests set the sources and the clock before Run.
 	App       string
 	Namespace string
@@ -162,6 +164,7 @@ func (o *HealthOptions) Complete(cmd *cobra.Command, args []string) error {
 	if len(args) == 1 {
 		o.App = args[0]
 	}
+	o.intervalOrTimeoutSet = cmd.Flags().Changed("interval") || cmd.Flags().Changed("timeout")
 	if o.LogAnalyticsEndpoint == "" {
 		o.LogAnalyticsEndpoint = os.Getenv(EnvLogAnalyticsEndpoint)
 	}
@@ -226,6 +229,9 @@ func (o *HealthOptions) Validate() error {
 	}
 	if o.Timeout < 0 {
 		return fmt.Errorf("invalid --timeout %s: want 0 (no limit) or a positive duration", o.Timeout)
+	}
+	if o.intervalOrTimeoutSet && !o.Watch && !o.WaitHealthy {
+		return errors.New("--interval and --timeout apply only with -w or --wait-healthy")
 	}
 	switch o.MetricsProfile {
 	case sources.ProfileAzure, sources.ProfileKubePrometheus:

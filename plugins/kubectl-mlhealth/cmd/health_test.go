@@ -173,6 +173,9 @@ func TestBadInput(t *testing.T) {
 		{[]string{"--prometheus-url", "ftp://x"}, `prometheus url "ftp://x" must be an absolute http or https URL`},
 		{[]string{"nosuchapp"}, `no Deployment matches "nosuchapp" by app.kubernetes.io/instance, app.kubernetes.io/name or name in namespace "ml"`},
 		{[]string{"--interval", "0s", "-w"}, `invalid --interval 0s: want a positive duration`},
+		{[]string{"--timeout", "1m"}, `--interval and --timeout apply only with -w or --wait-healthy`},
+		{[]string{"--interval", "2s"}, `--interval and --timeout apply only with -w or --wait-healthy`},
+		{[]string{"--azure-credential", "cli"}, `invalid --azure-credential "cli"`},
 		{[]string{"a", "b"}, `accepts at most 1 arg(s), received 2`},
 		{[]string{"--log-analytics-workspace", "myworkspace"}, `invalid --log-analytics-workspace "myworkspace": want the workspace ID, a GUID`},
 	}
