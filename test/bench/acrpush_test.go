@@ -5,15 +5,11 @@ package bench
 import (
 	"context"
 	"crypto/sha256"
-	"crypto/tls"
-	"crypto/x509"
 	"encoding/hex"
-	"encoding/json"
 	"fmt"
 	"io"
 	"math/rand/v2"
 	"net/http"
-	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -22,10 +18,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
-	"github.com/Azure/azure-sdk-for-go/sdk/azcore/cloud"
-	"github.com/Azure/azure-sdk-for-go/sdk/azcore/policy"
-	"github.com/Azure/azure-sdk-for-go/sdk/azidentity"
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/empty"
@@ -93,15 +85,7 @@ func newBenchEnv(t *testing.T) *benchEnv {
 		"HELM_DATA_HOME=" + filepath.Join(home, "data"), "HELM_CACHE_HOME=" + filepath.Join(home, "cache"),
 		"HELM_REGISTRY_CONFIG=" + filepath.Join(home, "config", "registry.json"), "DOCKER_CONFIG=" + filepath.Join(home, "docker"),
 	}
-	pem, err := os.ReadFile(env.Vars["SSL_CERT_FILE"])
-	if err != nil {
-		t.Fatal(err)
-	}
-	pool := x509.NewCertPool()
-	pool.AppendCertsFromPEM(pem)
-	tr := http.DefaultTransport.(*http.Transport).Clone()
-	tr.TLSClientConfig = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
-	b.transport = tr
+	b.transport = env.Transport(t)
 
 	// The plugin, installed the way users install it.
 	plugin := filepath.Join(t.TempDir(), "acrpush")
@@ -122,38 +106,10 @@ func newBenchEnv(t *testing.T) *benchEnv {
 	b.must(t, b.run(t, nil, b.helm, "plugin", "install", plugin))
 
 	// The baseline signs in once, as a release script does after `az acr login`; not timed.
-	b.refresh = b.signIn(t)
+	b.refresh = env.ACRRefreshToken(t, b.transport)
 	b.must(t, b.run(t, strings.NewReader(b.refresh), b.helm, "registry", "login", b.acr, "--username", "00000000-0000-0000-0000-000000000000", "--password-stdin"))
 	b.must(t, b.run(t, strings.NewReader(b.refresh), b.crane, "auth", "login", b.acr, "--username", "00000000-0000-0000-0000-000000000000", "--password-stdin"))
 	return b
-}
-
-func (b *benchEnv) signIn(t *testing.T) string {
-	t.Helper()
-	v := b.env.Vars
-	cred, err := azidentity.NewClientSecretCredential(v["AZURE_TENANT_ID"], v["AZURE_CLIENT_ID"], v["AZURE_CLIENT_SECRET"], &azidentity.ClientSecretCredentialOptions{
-		ClientOptions:            azcore.ClientOptions{Cloud: cloud.Configuration{ActiveDirectoryAuthorityHost: v["AZURE_AUTHORITY_HOST"]}, Transport: &http.Client{Transport: b.transport}},
-		DisableInstanceDiscovery: true,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	tok, err := cred.GetToken(context.Background(), policy.TokenRequestOptions{Scopes: []string{"https://containerregistry.azure.net/.default"}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp, err := (&http.Client{Transport: b.transport}).PostForm("https://"+b.acr+"/oauth2/exchange", url.Values{"grant_type": {"access_token"}, "service": {b.acr}, "access_token": {tok.Token}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	var out struct {
-		RefreshToken string `json:"refresh_token"`
-	}
-	if err := json.NewDecoder(resp.Body).Decode(&out); err != nil || out.RefreshToken == "" {
-		t.Fatalf("exchange: %s %v", resp.Status, err)
-	}
-	return out.RefreshToken
 }
 
 type runResult struct {

@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -24,10 +23,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
-	"github.com/Azure/azure-sdk-for-go/sdk/azcore/cloud"
-	"github.com/Azure/azure-sdk-for-go/sdk/azcore/policy"
-	"github.com/Azure/azure-sdk-for-go/sdk/azidentity"
 	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -96,17 +91,8 @@ func newAPEnv(t *testing.T) *apEnv {
 	}
 
 	// The test's own view of the registry, trusting the platform CA.
-	pem, err := os.ReadFile(env.Vars["SSL_CERT_FILE"])
-	if err != nil {
-		t.Fatal(err)
-	}
-	pool := x509.NewCertPool()
-	pool.AppendCertsFromPEM(pem)
-	tr := http.DefaultTransport.(*http.Transport).Clone()
-	tr.TLSClientConfig = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
-	t.Cleanup(tr.CloseIdleConnections)
-	e.transport = tr
-	e.refresh = e.signIn(t)
+	e.transport = env.Transport(t)
+	e.refresh = env.ACRRefreshToken(t, e.transport)
 	e.acrAuth = authn.FromConfig(authn.AuthConfig{Username: "00000000-0000-0000-0000-000000000000", Password: e.refresh})
 	return e
 }
@@ -123,39 +109,6 @@ func apCopy(t *testing.T, from, to string, mode os.FileMode) {
 	if err := os.WriteFile(to, data, mode); err != nil {
 		t.Fatal(err)
 	}
-}
-
-// signIn gets an ACR refresh token the documented way (Entra client credentials, /oauth2/exchange).
-func (e *apEnv) signIn(t *testing.T) string {
-	t.Helper()
-	v := e.env.Vars
-	cred, err := azidentity.NewClientSecretCredential(v["AZURE_TENANT_ID"], v["AZURE_CLIENT_ID"], e.secret, &azidentity.ClientSecretCredentialOptions{
-		ClientOptions:            azcore.ClientOptions{Cloud: cloud.Configuration{ActiveDirectoryAuthorityHost: v["AZURE_AUTHORITY_HOST"]}, Transport: &http.Client{Transport: e.transport}},
-		DisableInstanceDiscovery: true,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	tok, err := cred.GetToken(ctx, policy.TokenRequestOptions{Scopes: []string{"https://containerregistry.azure.net/.default"}})
-	if err != nil {
-		t.Fatalf("entra token: %v", err)
-	}
-	resp, err := (&http.Client{Transport: e.transport}).PostForm("https://"+e.acr+"/oauth2/exchange", url.Values{
-		"grant_type": {"access_token"}, "service": {e.acr}, "access_token": {tok.Token},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	var out struct {
-		RefreshToken string `json:"refresh_token"`
-	}
-	if err := json.NewDecoder(resp.Body).Decode(&out); err != nil || out.RefreshToken == "" {
-		t.Fatalf("exchange: %s %v", resp.Status, err)
-	}
-	return out.RefreshToken
 }
 
 // run runs a command with the platform env plus the private helm home, and extra KEY=VALUE pairs.

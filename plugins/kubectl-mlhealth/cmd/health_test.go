@@ -5,11 +5,12 @@ import (
 	"context"
 	"errors"
 	"flag"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/aks-mlops/mlplugins/pkg/shared/testutil"
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -133,28 +134,8 @@ func TestGoldenOutput(t *testing.T) {
 			if strings.Contains(out.String(), "\x1b[") {
 				t.Error("colour written to a non-terminal")
 			}
-			assertGolden(t, filepath.Join("testdata", tt.name), out.Bytes())
+			testutil.Golden(t, filepath.Join("testdata", tt.name), out.Bytes(), *update)
 		})
-	}
-}
-
-func assertGolden(t *testing.T, path string, got []byte) {
-	t.Helper()
-	if *update {
-		if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(path, got, 0o644); err != nil {
-			t.Fatal(err)
-		}
-		return
-	}
-	want, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatalf("%v (run go test -update)", err)
-	}
-	if !bytes.Equal(want, got) {
-		t.Errorf("%s differs (run go test -update and review the diff); got:\n%s", path, got)
 	}
 }
 

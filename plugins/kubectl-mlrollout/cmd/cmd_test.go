@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/aks-mlops/mlplugins/pkg/shared/testutil"
+
 	"github.com/spf13/cobra"
 	appsv1 "k8s.io/api/apps/v1"
 	authorizationv1 "k8s.io/api/authorization/v1"
@@ -81,23 +83,6 @@ func (fx *fixture) run(args ...string) (int, error) {
 	return cliutil.ExitCode(err), err
 }
 
-func golden(t *testing.T, name, got string) {
-	t.Helper()
-	path := filepath.Join("testdata", name)
-	if *update {
-		if err := os.WriteFile(path, []byte(got), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	want, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatalf("%v (run go test ./plugins/kubectl-mlrollout/cmd/ -update)", err)
-	}
-	if got != string(want) {
-		t.Errorf("%s differs:\n--- got\n%s\n--- want\n%s", name, got, want)
-	}
-}
-
 // inProgress returns the stable Deployment at step 2/4 of a rollout, and its canary.
 func inProgress(t *testing.T, owner string, heartbeat time.Time) (*appsv1.Deployment, *appsv1.Deployment) {
 	t.Helper()
@@ -141,7 +126,7 @@ func TestStatusGolden(t *testing.T) {
 			if code != tt.code {
 				t.Fatalf("exit %d (%v), want %d", code, err, tt.code)
 			}
-			golden(t, tt.golden, fx.out.String())
+			testutil.Golden(t, filepath.Join("testdata", tt.golden), fx.out.Bytes(), *update)
 		})
 	}
 }
@@ -156,7 +141,7 @@ func TestStatusIdleAndHistory(t *testing.T) {
 	if code, err := fx.run("history", "mlapp"); code != 0 {
 		t.Fatalf("history exit %d: %v", code, err)
 	}
-	golden(t, "status-idle-history.golden", fx.out.String())
+	testutil.Golden(t, filepath.Join("testdata", "status-idle-history.golden"), fx.out.Bytes(), *update)
 }
 
 func TestPlanGolden(t *testing.T) {
@@ -167,7 +152,7 @@ func TestPlanGolden(t *testing.T) {
 	if code, err := fx.run("plan", "mlapp", "--image", "model=mlapp:v2", "--steps", "10,50", "--surge"); code != 0 {
 		t.Fatalf("exit %d: %v", code, err)
 	}
-	golden(t, "plan.golden", fx.out.String())
+	testutil.Golden(t, filepath.Join("testdata", "plan.golden"), fx.out.Bytes(), *update)
 	for _, a := range fx.kube.Actions() {
 		if a.GetVerb() != "get" && a.GetVerb() != "list" {
 			t.Errorf("plan changed something: %s %s", a.GetVerb(), a.GetResource().Resource)
