@@ -86,11 +86,19 @@ func TestPlatformUpDownLeavesNothing(t *testing.T) {
 	if out, err := launcher("2", "status"); err != nil || !strings.Contains(out, "kube-apiserver") || !strings.Contains(out, "TOTAL") {
 		t.Fatalf("status: %v\n%s", err, out)
 	}
+	// The registries' blobs may live on tmpfs (PLATFORM_REGISTRY_STORAGE): down removes them too.
+	storage, _ := filepath.EvalSymlinks(filepath.Join(dir, "registry"))
+	if storage == "" {
+		t.Fatal("no registry storage")
+	}
 	if out, err := launcher("2", "down"); err != nil {
 		t.Fatalf("down: %v\n%s", err, out)
 	}
 	if _, err := os.Stat(dir); !os.IsNotExist(err) {
 		t.Errorf("down left %s behind (%v)", dir, err)
+	}
+	if _, err := os.Stat(storage); !os.IsNotExist(err) {
+		t.Errorf("down left the registry storage %s behind (%v)", storage, err)
 	}
 	procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
 	for _, p := range procs {

@@ -131,6 +131,10 @@ func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\n", c.Name, state, c.PID, rss, c.Addr)
 	}
 	fmt.Fprintf(tw, "TOTAL\t\t\t%d MiB\t\n", total>>20)
+	if st.RegistryStorage != "" {
+		where, _ := filepath.EvalSymlinks(filepath.Join(dir, "registry"))
+		fmt.Fprintf(tw, "registry storage\t%s\t\t\t%s\n", st.RegistryStorage, where)
+	}
 	for _, c := range pidFileComponents(dir) {
 		if !strings.HasPrefix(c.Name, "route-") {
 			continue

@@ -50,6 +50,9 @@ Usage:
 Environment:
   PLATFORM_DIR    state directory (default: <repository root>/.platform)
   PLATFORM_NODES  number of kwok nodes created by up (default 3, at most 50)
+  PLATFORM_REGISTRY_STORAGE
+                  where the registries keep blobs: memory (tmpfs under /dev/shm) or disk
+                  (default: memory when /dev/shm has 6 GiB free, else disk)
 `
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {

@@ -171,3 +171,46 @@ func TestLauncherStaysLight(t *testing.T) {
 		}
 	}
 }
+
+func TestRegistryStorage(t *testing.T) {
+	if _, err := prepareRegistryStorage(t.TempDir(), "ssd"); err == nil {
+		t.Fatal("PLATFORM_REGISTRY_STORAGE=ssd accepted")
+	}
+	dir := t.TempDir()
+	kind, err := prepareRegistryStorage(dir, storageDisk)
+	if err != nil || kind != storageDisk {
+		t.Fatalf("disk: %q, %v", kind, err)
+	}
+	if fi, err := os.Lstat(filepath.Join(dir, "registry")); err != nil || !fi.IsDir() {
+		t.Fatalf("disk storage is not a directory: %v", err)
+	}
+
+	dir = t.TempDir()
+	if _, err := tmpfsRoom(shmDir); err != nil {
+		// Without a tmpfs, the default falls back to disk and memory is refused.
+		if kind, err := prepareRegistryStorage(dir, ""); err != nil || kind != storageDisk {
+			t.Fatalf("default without tmpfs: %q, %v", kind, err)
+		}
+		if _, err := prepareRegistryStorage(t.TempDir(), storageMemory); err == nil {
+			t.Fatal("memory storage accepted without a tmpfs")
+		}
+		return
+	}
+	kind, err = prepareRegistryStorage(dir, storageMemory)
+	if err != nil || kind != storageMemory {
+		t.Fatalf("memory: %q, %v", kind, err)
+	}
+	target, err := os.Readlink(filepath.Join(dir, "registry"))
+	if err != nil || !strings.HasPrefix(target, shmDir+"/"+shmPrefix) {
+		t.Fatalf("registry links to %q (%v)", target, err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "registry", "blob"), []byte("x"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := wipe(dir); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(target); !os.IsNotExist(err) {
+		t.Fatalf("wipe left the tmpfs directory %s behind (%v)", target, err)
+	}
+}

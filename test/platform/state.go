@@ -26,21 +26,23 @@ type Component struct {
 
 // State is what up records in .platform/state.json.
 type State struct {
-	Root         string      `json:"root"`
-	BinDir       string      `json:"binDir"`
-	APIServer    string      `json:"apiServer"`
-	Token        string      `json:"token"`
-	CAFile       string      `json:"caFile"`
-	Prometheus   string      `json:"prometheus"`
-	Source       string      `json:"sourceRegistry"`
-	ACR          string      `json:"acrLoginServer"`
-	ACRBackend   string      `json:"acrBackend"`
-	Entra        string      `json:"entra"`
-	KwokServer   string      `json:"kwokServer"`
-	Etcd         string      `json:"etcd"`
-	Nodes        int         `json:"nodes"`
-	Components   []Component `json:"components"`
-	ReadySeconds float64     `json:"readySeconds"`
+	Root       string `json:"root"`
+	BinDir     string `json:"binDir"`
+	APIServer  string `json:"apiServer"`
+	Token      string `json:"token"`
+	CAFile     string `json:"caFile"`
+	Prometheus string `json:"prometheus"`
+	Source     string `json:"sourceRegistry"`
+	ACR        string `json:"acrLoginServer"`
+	ACRBackend string `json:"acrBackend"`
+	Entra      string `json:"entra"`
+	KwokServer string `json:"kwokServer"`
+	Etcd       string `json:"etcd"`
+	Nodes      int    `json:"nodes"`
+	// RegistryStorage is where the registries keep their blobs: memory (tmpfs) or disk.
+	RegistryStorage string      `json:"registryStorage"`
+	Components      []Component `json:"components"`
+	ReadySeconds    float64     `json:"readySeconds"`
 }
 
 // resolveDir finds the platform state directory: --dir, $PLATFORM_DIR, the directory of this executable

@@ -112,6 +112,9 @@ func wipe(dir string) error {
 		if e.Name() == ".lock" {
 			continue
 		}
+		if err := removeLinkedStorage(filepath.Join(dir, e.Name())); err != nil {
+			return err
+		}
 		if err := os.RemoveAll(filepath.Join(dir, e.Name())); err != nil {
 			return err
 		}
@@ -134,6 +137,10 @@ func bringUp(ctx context.Context, dir string, nodes int, stderr io.Writer) (*Sta
 		return nil, err
 	}
 	promBin, err := ensurePrometheus(ctx, stderr)
+	if err != nil {
+		return nil, err
+	}
+	storage, err := prepareRegistryStorage(dir, os.Getenv("PLATFORM_REGISTRY_STORAGE"))
 	if err != nil {
 		return nil, err
 	}
@@ -176,7 +183,7 @@ func bringUp(ctx context.Context, dir string, nodes int, stderr io.Writer) (*Sta
 	}
 	secret := randomHex(24)
 
-	st := &State{
+	st := &State{RegistryStorage: storage,
 		Root: root, BinDir: binDir, Token: token, CAFile: filepath.Join(pki, "ca.crt"), Nodes: nodes,
 		APIServer:  "https://" + addr(pAPI),
 		Prometheus: "http://" + addr(pProm),
@@ -671,6 +678,7 @@ func writeEnv(dir string, st *State, bundle, secret string) error {
 		{"PROMETHEUS_DATA_DIR", filepath.Join(dir, "prometheus/data")},
 		{"PROMETHEUS_RULES_DIR", filepath.Join(dir, "prometheus/rules")},
 		{"PLATFORM_NODES", strconv.Itoa(st.Nodes)},
+		{"PLATFORM_REGISTRY_STORAGE", st.RegistryStorage},
 	}
 	var b strings.Builder
 	b.WriteString("# Written by `platform up`; source it: . .platform/env\n")

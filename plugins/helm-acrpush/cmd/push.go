@@ -3,12 +3,10 @@ package cmd
 import (
 	"bytes"
 	"context"
-	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
 	"log"
-	"net"
 	"net/http"
 	"os"
 	"regexp"
@@ -267,18 +265,7 @@ func (o *PushOptions) Run(ctx context.Context) (err error) {
 
 	base := o.Transport
 	if base == nil {
-		// One TCP connection per concurrent transfer: over HTTP/2 every blob of a run would share
-		// one connection and its flow-control window.
-		base = &http.Transport{
-			Proxy:                 http.ProxyFromEnvironment,
-			DialContext:           (&net.Dialer{Timeout: 30 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
-			MaxIdleConns:          100,
-			MaxIdleConnsPerHost:   50,
-			IdleConnTimeout:       90 * time.Second,
-			TLSHandshakeTimeout:   10 * time.Second,
-			ExpectContinueTimeout: time.Second,
-			TLSClientConfig:       &tls.Config{InsecureSkipVerify: o.Insecure, NextProtos: []string{"http/1.1"}}, //nolint:gosec // only with --insecure-skip-tls-verify
-		}
+		base = acrpush.NewTransport(o.Insecure)
 	}
 	opts := []acrpush.Option{
 		acrpush.WithValueFiles(o.ValueFiles...),

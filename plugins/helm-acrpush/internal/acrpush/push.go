@@ -9,6 +9,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
@@ -109,7 +110,7 @@ func Push(ctx context.Context, chartPath string, dst Destination, opts ...Option
 	if o.ChartOnly && o.ImagesOnly {
 		return nil, errors.New("--chart-only and --images-only cannot be used together")
 	}
-	log := &logger{w: o.Log}
+	log := &logger{w: o.Log, start: time.Now()}
 	res := &Result{Registry: dst.String(), DryRun: o.DryRun}
 
 	// 1. The chart loads and renders; its images are found.

@@ -138,10 +138,12 @@ func redactURL(req *http.Request) string {
 	return u.String()
 }
 
-// logger writes debug lines when enabled. It never receives headers or bodies.
+// logger writes debug lines when enabled, each with the time since the push began. It never
+// receives headers or bodies.
 type logger struct {
-	mu sync.Mutex
-	w  io.Writer
+	mu    sync.Mutex
+	w     io.Writer
+	start time.Time
 }
 
 func (l *logger) printf(format string, args ...any) {
@@ -150,7 +152,7 @@ func (l *logger) printf(format string, args ...any) {
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	fmt.Fprintf(l.w, format+"\n", args...)
+	fmt.Fprintf(l.w, "[%7.3fs] "+format+"\n", append([]any{time.Since(l.start).Seconds()}, args...)...)
 }
 
 // stats counts requests by kind, for the report and the tests.
