@@ -569,6 +569,38 @@ func TestMlrolloutSecondStartNamesOwner(t *testing.T) {
 	mlrAssertStable(t, env, ns, "registry.example/mlapp:v1", 4)
 }
 
+// TestMlrolloutPromoteHandedToDriver: promote from a second terminal while start drives the rollout.
+// The request is handed over; promote returns once the driver took it (-o json says so) and the
+// driver finishes the promotion itself, exiting 0.
+func TestMlrolloutPromoteHandedToDriver(t *testing.T) {
+	env := framework.Setup(t)
+	ns := mlrSetup(t, env, 4, "registry.example/mlapp:v1")
+	proc, done := mlrStartBackground(t, env, ns, "--image", "model=registry.example/mlapp:v2", "--steps", "25,50,100", "--bake", "10m")
+	res := mlr(t, env, ns, "promote", "mlapp", "--full", "-o", "json", "--timeout", "1m")
+	if res.Code != 0 {
+		t.Fatalf("promote: exit %d\n%s", res.Code, res.Stderr)
+	}
+	var h struct {
+		Rollout, Promote, DrivenBy, Phase string
+		Taken                             bool
+	}
+	if err := json.Unmarshal([]byte(res.Stdout), &h); err != nil {
+		t.Fatalf("promote -o json: %v\n%s", err, res.Stdout)
+	}
+	if !h.Taken || h.Promote != "full" || !strings.Contains(h.DrivenBy, fmt.Sprintf("(pid %d)", proc.Pid)) || h.Rollout == "" {
+		t.Fatalf("handover = %+v", h)
+	}
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("the driver ended with %v after the promotion", err)
+		}
+	case <-time.After(90 * time.Second):
+		t.Fatal("the driver did not finish the promotion")
+	}
+	mlrAssertStable(t, env, ns, "registry.example/mlapp:v2", 4)
+}
+
 func mlrState(d *appsv1.Deployment) map[string]any {
 	var m map[string]any
 	_ = json.Unmarshal([]byte(d.Annotations["rollouts.mlplugins.io/state"]), &m)

@@ -71,8 +71,9 @@ func NewRoot(displayName, short, long string) *cobra.Command {
 		SilenceErrors: true,
 		Annotations:   map[string]string{cobra.CommandDisplayNameAnnotation: displayName},
 	}
+	// A flag error is one line, with where to look: scripts read one line per failure.
 	cmd.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
-		return fmt.Errorf("%w\nSee '%s --help' for usage.", err, c.CommandPath()) //nolint:staticcheck // kubectl's form of a flag error
+		return fmt.Errorf("%w (see '%s --help')", err, c.CommandPath())
 	})
 	return cmd
 }

@@ -133,7 +133,7 @@ func TestRun(t *testing.T) {
 			args:     []string{"do", "--nope"},
 			runE:     func(*cobra.Command, []string) error { return nil },
 			wantCode: 1,
-			wantErr:  "error: unknown flag: --nope\nSee 'helm acrpush do --help' for usage.\n",
+			wantErr:  "error: unknown flag: --nope (see 'helm acrpush do --help')\n",
 		},
 	}
 	for _, tt := range tests {

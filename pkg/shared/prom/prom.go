@@ -105,14 +105,20 @@ func NewForURL(baseURL, auth string, cred azcore.TokenCredential) (*Client, erro
 	return newForURL(baseURL, auth, cred, nil)
 }
 
-func newForURL(baseURL, auth string, cred azcore.TokenCredential, base http.RoundTripper) (*Client, error) {
-	if auth == "" {
-		auth = AuthNone
-		if u, err := url.Parse(baseURL); err == nil && strings.HasSuffix(strings.ToLower(u.Hostname()), azureMonitorSuffix) {
-			auth = AuthAzure
-		}
+// ResolveAuth is the authentication NewForURL uses for baseURL: auth itself, or for "" azure on
+// *.prometheus.monitor.azure.com and none elsewhere.
+func ResolveAuth(baseURL, auth string) string {
+	if auth != "" {
+		return auth
 	}
-	switch auth {
+	if u, err := url.Parse(baseURL); err == nil && strings.HasSuffix(strings.ToLower(u.Hostname()), azureMonitorSuffix) {
+		return AuthAzure
+	}
+	return AuthNone
+}
+
+func newForURL(baseURL, auth string, cred azcore.TokenCredential, base http.RoundTripper) (*Client, error) {
+	switch auth = ResolveAuth(baseURL, auth); auth {
 	case AuthNone:
 		return New(baseURL, base)
 	case AuthAzure:

@@ -33,10 +33,6 @@ func newCmdRoot(o *PushOptions) *cobra.Command {
 	root.RunE = push.RunE
 	root.SetOut(streams.Out)
 	root.SetErr(streams.ErrOut)
-	// One line for flag errors too.
-	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
-		return fmt.Errorf("%w (see '%s --help')", err, c.CommandPath())
-	})
 	o.AddFlags(root)
 	root.AddCommand(version.NewCmdVersion(streams))
 	return root

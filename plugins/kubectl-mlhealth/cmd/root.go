@@ -32,8 +32,6 @@ func NewCmdHealth(o *HealthOptions) *cobra.Command {
 		}
 		return o.Run(c.Context())
 	}
-	// One line for flag errors (the usage hint is in --help).
-	cmd.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return err })
 	cmd.SetOut(o.Out)
 	cmd.SetErr(o.ErrOut)
 	o.AddFlags(cmd)

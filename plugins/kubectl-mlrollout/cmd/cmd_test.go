@@ -192,6 +192,8 @@ func TestStartBadInput(t *testing.T) {
 		{"bad output", []string{"start", "mlapp", "--image", "model=x:2", "-o", "yaml"}, `unknown output format "yaml" (want one of: json)`},
 		{"prometheus auth without url", []string{"start", "mlapp", "--image", "model=x:2", "--prometheus-auth", "azure"}, `--prometheus-auth needs --prometheus-url`},
 		{"password in prometheus url", []string{"start", "mlapp", "--image", "model=x:2", "--prometheus-url", "https://u:s3cret@p.example"}, `--prometheus-url must not contain a password: it is recorded on the Deployment (use --prometheus-auth azure, or a URL without credentials)`},
+		{"azure credential without azure monitor", []string{"start", "mlapp", "--image", "model=x:2", "--prometheus-url", "http://prom:9090", "--azure-credential", "azure-cli"}, `--azure-credential is for Prometheus checks against Azure Monitor: use it with an Azure Monitor --prometheus-url or --prometheus-auth azure`},
+		{"azure credential without prometheus", []string{"start", "mlapp", "--image", "model=x:2", "--azure-credential", "azure-cli"}, `--azure-credential is for Prometheus checks against Azure Monitor: use it with an Azure Monitor --prometheus-url or --prometheus-auth azure`},
 		{"in progress", []string{"start", "busy", "--image", "model=x:2"}, `rollout 20261126-095000-000 of deployment "busy" is in progress (Progressing), driven by bob@ci (pid 7) (heartbeat 1s ago)`},
 	}
 	for _, tt := range tests {
@@ -286,5 +288,86 @@ func TestPrometheusFlagsReachTheClient(t *testing.T) {
 		if tt.wantAuth != "-" && gotQuery != `x{namespace="ml"}` {
 			t.Errorf("probe query = %q", gotQuery)
 		}
+	}
+}
+
+func TestAzureCredentialOnlyWhereUsed(t *testing.T) {
+	for _, verb := range []string{"status", "abort", "pause", "history", "list", "undo", "plan"} {
+		fx := newFixture(t, stable(3))
+		args := []string{verb, "mlapp", "--azure-credential", "azure-cli"}
+		if verb == "list" {
+			args = []string{verb, "--azure-credential", "azure-cli"}
+		}
+		code, err := fx.run(args...)
+		want := "--azure-credential is used only by start, resume and promote (for Prometheus checks against Azure Monitor); " + verb + " makes no Azure call"
+		if code != 1 || err == nil || err.Error() != want {
+			t.Errorf("%s: exit %d, err %v", verb, code, err)
+		}
+	}
+	// Where it is used, it reaches the factory.
+	fx := newFixture(t, stable(3))
+	if code, err := fx.run("resume", "mlapp", "--azure-credential", "azure-cli"); code != 1 || err.Error() != `no rollout in progress on deployment "mlapp"` {
+		t.Fatalf("resume: exit %d: %v", code, err)
+	}
+	if fx.f.AzureCredential != "azure-cli" {
+		t.Fatalf("AzureCredential = %q", fx.f.AzureCredential)
+	}
+}
+
+// promote handed to a live driver waits for it to take the request (-o json says so), and gives
+// up with exit 3 after --timeout, leaving the request in place.
+func TestPromoteHandedToLiveDriver(t *testing.T) {
+	d, c := inProgress(t, "bob@ci (pid 7)", clock.Add(-time.Second))
+	fx := newFixture(t, d, c)
+	// The live driver: it takes any promote request it sees.
+	taken := make(chan struct{})
+	go func() {
+		defer close(taken)
+		for i := 0; i < 400; i++ {
+			time.Sleep(10 * time.Millisecond)
+			cur, err := fx.kube.AppsV1().Deployments("ml").Get(context.Background(), "mlapp", metav1.GetOptions{})
+			if err != nil {
+				continue
+			}
+			st, _ := rollout.ReadState(cur)
+			if st == nil || st.PromoteRequest == "" {
+				continue
+			}
+			st.PromoteRequest = ""
+			st.Step++
+			b, _ := json.Marshal(st)
+			cur.Annotations[rollout.AnnotationState] = string(b)
+			if _, err := fx.kube.AppsV1().Deployments("ml").Update(context.Background(), cur, metav1.UpdateOptions{}); err == nil {
+				return
+			}
+		}
+	}()
+	code, err := fx.run("promote", "mlapp", "-o", "json", "--timeout", "10s")
+	<-taken
+	if code != 0 {
+		t.Fatalf("exit %d: %v\n%s", code, err, fx.errOut.String())
+	}
+	var h handoff
+	if err := json.Unmarshal(fx.out.Bytes(), &h); err != nil {
+		t.Fatalf("-o json: %v\n%s", err, fx.out.String())
+	}
+	if !h.Taken || h.DrivenBy != "bob@ci (pid 7)" || h.Promote != "step" || h.Step != 3 || h.Steps != 4 || h.Phase != "Progressing" {
+		t.Fatalf("handoff = %+v", h)
+	}
+
+	// Nobody takes it: exit 3 after --timeout, the request stays.
+	d, c = inProgress(t, "bob@ci (pid 7)", clock.Add(-time.Second))
+	fx = newFixture(t, d, c)
+	start := time.Now()
+	code, err = fx.run("promote", "mlapp", "--full", "--timeout", "600ms")
+	if code != 3 || err == nil || !strings.Contains(err.Error(), "timed out after 600ms waiting for bob@ci (pid 7) to take the promotion") {
+		t.Fatalf("exit %d: %v", code, err)
+	}
+	if took := time.Since(start); took < 600*time.Millisecond || took > 5*time.Second {
+		t.Fatalf("gave up after %s", took)
+	}
+	cur, _ := fx.kube.AppsV1().Deployments("ml").Get(context.Background(), "mlapp", metav1.GetOptions{})
+	if st, _ := rollout.ReadState(cur); st == nil || st.PromoteRequest != "full" {
+		t.Fatalf("the request did not stay in place: %+v", st)
 	}
 }

@@ -7,7 +7,9 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/aks-mlops/mlplugins/pkg/shared/cliutil"
 	"github.com/aks-mlops/mlplugins/pkg/shared/printers"
 	"github.com/aks-mlops/mlplugins/plugins/kubectl-mlrollout/internal/rollout"
 )
@@ -55,7 +57,8 @@ func NewCmdPromote(f *Factory) *cobra.Command {
 	cmd, o := newControlCmd(f, "promote", "Continue past a pause or the current step (--full: promote now)",
 		`Continue a rollout past its pause step (or past the current step and its bake), then drive it on.
 With --full, skip the remaining steps and promote the canary's images to the stable Deployment now.
-If another live process drives the rollout, the request is handed to it and promote returns at once.`,
+If another live process drives the rollout, the request is handed to it: promote returns once that
+process has taken it (within --timeout, else exit 3), and -o json prints the handover.`,
 		`  kubectl mlrollout promote mlapp
   kubectl mlrollout promote mlapp --full`)
 	cmd.Flags().BoolVar(&o.Full, "full", o.Full, "Skip all remaining steps and promote now")
@@ -144,8 +147,7 @@ func (o *ControlOptions) Run(ctx context.Context) error {
 		return err
 	}
 	if !acquired && o.verb == "promote" {
-		fmt.Fprintf(o.f.ErrOut, "promotion of rollout %s requested; %s drives it\n", st.ID, st.Owner)
-		return nil
+		return o.handedOff(ctx, st)
 	}
 	if o.verb == "abort" && !acquired {
 		st.Owner = o.f.Owner
@@ -158,4 +160,68 @@ func (o *ControlOptions) Run(ctx context.Context) error {
 		return err
 	}
 	return finish(o.f, o.Output, o.Namespace, o.Name, res, o.f.Requests()-before)
+}
+
+// handoff is what `promote -o json` prints when another process drives the rollout.
+type handoff struct {
+	Namespace  string `json:"namespace"`
+	Deployment string `json:"deployment"`
+	Rollout    string `json:"rollout"`
+	Promote    string `json:"promote"`  // step or full
+	DrivenBy   string `json:"drivenBy"` // the process that took the request
+	Taken      bool   `json:"taken"`
+	Phase      string `json:"phase"` // after the driver took the request
+	Step       int    `json:"step"`  // 1-based, after the driver took the request
+	Steps      int    `json:"steps"`
+}
+
+// handedOff waits, within --timeout, for the live driver to take the promote request: the request
+// disappears from the state (or the rollout ends). A driver that goes away first is an error.
+func (o *ControlOptions) handedOff(ctx context.Context, st *rollout.State) error {
+	fmt.Fprintf(o.f.ErrOut, "promotion of rollout %s requested; %s drives it\n", st.ID, st.Owner)
+	h := handoff{Namespace: o.Namespace, Deployment: o.Name, Rollout: st.ID, Promote: st.PromoteRequest, DrivenBy: st.Owner}
+	if o.Timeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeoutCause(ctx, o.Timeout, rollout.ErrTimeout)
+		defer cancel()
+	}
+	c, _ := o.f.clients()
+	tick := time.NewTicker(250 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		d, err := c.Kube.AppsV1().Deployments(o.Namespace).Get(ctx, o.Name, metav1.GetOptions{})
+		if err != nil && ctx.Err() == nil {
+			return err
+		}
+		if err == nil {
+			cur, rerr := rollout.ReadState(d)
+			if rerr != nil {
+				return rerr
+			}
+			switch {
+			case cur == nil || cur.ID != st.ID || cur.PromoteRequest == "":
+				h.Taken = true
+				if cur != nil && cur.ID == st.ID {
+					h.Phase, h.Step, h.Steps = string(cur.Phase), min(cur.Step+1, len(cur.Plan.Steps)), len(cur.Plan.Steps)
+				} else {
+					h.Phase = "Ended"
+				}
+				fmt.Fprintf(o.f.ErrOut, "%s took the promotion (rollout %s: %s)\n", st.Owner, st.ID, h.Phase)
+				if o.Output == "json" {
+					return printers.PrintJSON(o.f.Out, h)
+				}
+				return nil
+			case cur.Stale(o.f.Now()):
+				return fmt.Errorf("promotion of rollout %s was requested but %s stopped driving it before taking it; run `kubectl mlrollout promote %s` again to drive it here", st.ID, st.Owner, o.Name)
+			}
+		}
+		select {
+		case <-ctx.Done():
+			if errors.Is(context.Cause(ctx), rollout.ErrTimeout) {
+				return cliutil.Exit(3, fmt.Errorf("timed out after %s waiting for %s to take the promotion of rollout %s (the request stays in place)", o.Timeout, st.Owner, st.ID))
+			}
+			return ctx.Err()
+		case <-tick.C:
+		}
+	}
 }

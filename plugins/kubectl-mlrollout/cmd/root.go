@@ -3,6 +3,7 @@
 package cmd
 
 import (
+	"fmt"
 	"github.com/aks-mlops/mlplugins/pkg/shared/azure"
 	"strings"
 
@@ -49,7 +50,17 @@ func newRoot(f *Factory) *cobra.Command {
 	root.SetErr(f.ErrOut)
 	f.ConfigFlags.AddFlags(root.PersistentFlags())
 	azure.AddCredentialFlag(root.PersistentFlags(), &f.AzureCredential)
-	root.PersistentPreRunE = func(*cobra.Command, []string) error { return azure.ValidateCredentialKind(f.AzureCredential) }
+	root.PersistentPreRunE = func(cmd *cobra.Command, _ []string) error {
+		// Only the commands that drive a rollout run its Prometheus checks, the only Azure calls.
+		if fl := cmd.Flags().Lookup(azure.CredentialFlag); fl != nil && fl.Changed {
+			switch cmd.Name() {
+			case "start", "resume", "promote":
+			default:
+				return fmt.Errorf("--%s is used only by start, resume and promote (for Prometheus checks against Azure Monitor); %s makes no Azure call", azure.CredentialFlag, cmd.Name())
+			}
+		}
+		return azure.ValidateCredentialKind(f.AzureCredential)
+	}
 	root.AddCommand(
 		NewCmdStart(f),
 		NewCmdStatus(f),

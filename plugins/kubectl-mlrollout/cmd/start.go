@@ -13,7 +13,9 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/aks-mlops/mlplugins/pkg/shared/azure"
 	"github.com/aks-mlops/mlplugins/pkg/shared/printers"
+	"github.com/aks-mlops/mlplugins/pkg/shared/prom"
 	"github.com/aks-mlops/mlplugins/plugins/kubectl-mlrollout/internal/plan"
 	"github.com/aks-mlops/mlplugins/plugins/kubectl-mlrollout/internal/rollout"
 )
@@ -112,6 +114,8 @@ func (o *StartOptions) Validate() error {
 		return fmt.Errorf("unknown --prometheus-auth %q (want none or azure)", o.PrometheusAuth)
 	case o.PrometheusAuth != "" && o.PrometheusURL == "":
 		return errors.New("--prometheus-auth needs --prometheus-url")
+	case o.f.AzureCredential != "" && (o.PrometheusURL == "" || prom.ResolveAuth(o.PrometheusURL, o.PrometheusAuth) != prom.AuthAzure):
+		return fmt.Errorf("--%s is for Prometheus checks against Azure Monitor: use it with an Azure Monitor --prometheus-url or --prometheus-auth azure", azure.CredentialFlag)
 	case o.DryRun != "none" && o.DryRun != "client" && o.DryRun != "server":
 		return fmt.Errorf("unknown --dry-run %q (want client or server)", o.DryRun)
 	case o.Timeout < 0:
