@@ -73,6 +73,8 @@ helm acrpush charts/mlapp "$ACR_LOGIN_SERVER" --auth azure --set image.registry=
 [ "$(jq '[.images[], .chart] | map(select(.action != "skipped")) | length' "$work/push-again.json")" = 0 ] \
   || die "a second push should skip everything"
 ok "a second push skips every artifact (nothing uploaded)"
+[ "$(jq -r '[.supersededAnnotationImages[]?.container] | join(",")' "$work/push-again.json")" = model-server ] \
+  || die "the chart's annotation image for model-server should give way to the image the values set"
 
 step "4. helm install from ACR; pods answered by real model-server processes"
 say "Helm signs in like 'az acr login --expose-token' does: Entra token -> /oauth2/exchange -> ACR refresh token."

@@ -333,6 +333,10 @@ func (o *PushOptions) Run(ctx context.Context) (err error) {
 			return err
 		}
 	}
+	for _, s := range res.Superseded {
+		fmt.Fprintf(o.ErrOut, "note: %s from the chart's %s annotation left out: the values give container %s %s\n",
+			s.Image, acrpush.ArtifactHubImagesAnnotation, s.Container, strings.Join(s.Rendered, ", "))
+	}
 	o.summary(res, time.Since(start))
 	return nil
 }

@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"fmt"
 	"io"
+	"slices"
 	"sort"
 	"strings"
 
@@ -38,12 +39,24 @@ type FoundImage struct {
 	Where []string
 }
 
+// SupersededImage is an artifacthub.io/images entry left out because the rendered chart runs a
+// container of that name with another image: the values moved it.
+type SupersededImage struct {
+	Image     string   `json:"image"`
+	Container string   `json:"container"`
+	Rendered  []string `json:"rendered"`
+}
+
 // FindImages walks every pod spec in the rendered manifests (containers, init containers and
 // ephemeral containers of Pods, Deployments, StatefulSets, DaemonSets, ReplicaSets, Jobs, CronJobs
 // and pod templates) and adds the images listed in the artifacthub.io/images annotation of the
-// chart and its enabled subcharts. The result is sorted by reference.
-func FindImages(rendered map[string]string, ch *chart.Chart) ([]FoundImage, error) {
+// chart and its enabled subcharts. The annotation is written for the chart's default values: an
+// entry whose name is a rendered container that runs another image is superseded by the rendering
+// and left out (returned apart); entries naming no rendered container are kept, as the annotation
+// may list images the templates do not show. The result is sorted by reference.
+func FindImages(rendered map[string]string, ch *chart.Chart) ([]FoundImage, []SupersededImage, error) {
 	found := map[string]*FoundImage{}
+	containers := map[string][]string{} // rendered container name -> images
 	add := func(ref, where string) {
 		ref = strings.TrimSpace(ref)
 		if ref == "" {
@@ -67,7 +80,7 @@ func FindImages(rendered map[string]string, ch *chart.Chart) ([]FoundImage, erro
 		}
 		docs, err := splitDocuments(rendered[file])
 		if err != nil {
-			return nil, fmt.Errorf("reading rendered %s: %w", file, err)
+			return nil, nil, fmt.Errorf("reading rendered %s: %w", file, err)
 		}
 		for _, doc := range docs {
 			kind, _ := doc["kind"].(string)
@@ -87,10 +100,14 @@ func FindImages(rendered map[string]string, ch *chart.Chart) ([]FoundImage, erro
 					img, _ := cm["image"].(string)
 					cname, _ := cm["name"].(string)
 					add(img, fmt.Sprintf("%s/%s (%s) %s %s", kind, objName, file, strings.TrimSuffix(field, "s"), cname))
+					if img = strings.TrimSpace(img); cname != "" && img != "" && !slices.Contains(containers[cname], img) {
+						containers[cname] = append(containers[cname], img)
+					}
 				}
 			}
 		}
 	}
+	var superseded []SupersededImage
 	var walk func(c *chart.Chart) error
 	walk = func(c *chart.Chart) error {
 		if c.Metadata != nil {
@@ -103,7 +120,12 @@ func FindImages(rendered map[string]string, ch *chart.Chart) ([]FoundImage, erro
 					return fmt.Errorf("chart %q: parsing annotation %s: %w", c.Name(), ArtifactHubImagesAnnotation, err)
 				}
 				for _, e := range list {
-					add(e.Image, fmt.Sprintf("chart %s annotation %s", c.Name(), ArtifactHubImagesAnnotation))
+					img := strings.TrimSpace(e.Image)
+					if imgs := containers[e.Name]; len(imgs) > 0 && !slices.Contains(imgs, img) {
+						superseded = append(superseded, SupersededImage{Image: img, Container: e.Name, Rendered: imgs})
+						continue
+					}
+					add(img, fmt.Sprintf("chart %s annotation %s", c.Name(), ArtifactHubImagesAnnotation))
 				}
 			}
 		}
@@ -116,7 +138,7 @@ func FindImages(rendered map[string]string, ch *chart.Chart) ([]FoundImage, erro
 	}
 	if ch != nil {
 		if err := walk(ch); err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 	}
 	out := make([]FoundImage, 0, len(found))
@@ -124,7 +146,7 @@ func FindImages(rendered map[string]string, ch *chart.Chart) ([]FoundImage, erro
 		out = append(out, *f)
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Ref < out[j].Ref })
-	return out, nil
+	return out, superseded, nil
 }
 
 func isManifestFile(name string) bool {

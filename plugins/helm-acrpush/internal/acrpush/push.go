@@ -43,6 +43,9 @@ type Result struct {
 	Overlay map[string]any `json:"-"`
 	// Unmapped lists images the overlay could not point at the destination.
 	Unmapped []string `json:"-"`
+	// Superseded lists artifacthub.io/images entries left out: the values gave their container
+	// another image.
+	Superseded []SupersededImage `json:"supersededAnnotationImages,omitempty"`
 }
 
 // ChartResult describes the chart artifact.
@@ -129,9 +132,13 @@ func Push(ctx context.Context, chartPath string, dst Destination, opts ...Option
 	var refs []*imageRef
 	where := map[string][]string{}
 	if !o.ChartOnly {
-		found, err := FindImages(rendered, c.Chart)
+		found, superseded, err := FindImages(rendered, c.Chart)
 		if err != nil {
 			return nil, err
+		}
+		res.Superseded = superseded
+		for _, s := range superseded {
+			log.printf("annotation image %s left out: container %s runs %s", s.Image, s.Container, strings.Join(s.Rendered, ", "))
 		}
 		for _, ref := range o.ExtraImages {
 			found = append(found, FoundImage{Ref: ref, Where: []string{"--image"}})

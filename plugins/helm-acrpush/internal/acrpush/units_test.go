@@ -12,6 +12,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -128,12 +129,17 @@ data: {image: "not-an-image:1"}
 		"c/templates/NOTES.txt":    "image: nope",
 		"c/templates/_helpers.tpl": "",
 	}
-	ch := &chart.Chart{Metadata: &chart.Metadata{Name: "c", Annotations: map[string]string{ArtifactHubImagesAnnotation: "- name: x\n  image: annotated:1\n"}}}
+	// x names no rendered container: kept. a is rendered with other images: old-a:0 is superseded,
+	// dep:1 is one of them.
+	ch := &chart.Chart{Metadata: &chart.Metadata{Name: "c", Annotations: map[string]string{ArtifactHubImagesAnnotation: "- name: x\n  image: annotated:1\n- name: a\n  image: old-a:0\n- name: a\n  image: dep:1\n"}}}
 	sub := &chart.Chart{Metadata: &chart.Metadata{Name: "sub", Annotations: map[string]string{ArtifactHubImagesAnnotation: "- name: y\n  image: subchart:1\n"}}}
 	ch.AddDependency(sub)
-	found, err := FindImages(rendered, ch)
+	found, superseded, err := FindImages(rendered, ch)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if len(superseded) != 1 || superseded[0].Image != "old-a:0" || superseded[0].Container != "a" || !slices.Contains(superseded[0].Rendered, "dep:1") {
+		t.Errorf("superseded = %+v", superseded)
 	}
 	var got []string
 	for _, f := range found {
@@ -143,7 +149,7 @@ data: {image: "not-an-image:1"}
 	if strings.Join(got, " ") != want {
 		t.Errorf("images = %v, want %s", got, want)
 	}
-	if _, err := FindImages(map[string]string{"c/templates/x.yaml": "kind: [oops"}, nil); err == nil {
+	if _, _, err := FindImages(map[string]string{"c/templates/x.yaml": "kind: [oops"}, nil); err == nil {
 		t.Error("broken YAML accepted")
 	}
 }
