@@ -1,7 +1,6 @@
 package azure
 
 import (
-	"fmt"
 	"net/http"
 	"strings"
 	"sync"
@@ -63,7 +62,7 @@ func (t *bearerTransport) get(req *http.Request) (string, error) {
 	}
 	tok, err := t.cred.GetToken(req.Context(), policy.TokenRequestOptions{Scopes: t.scopes})
 	if err != nil {
-		return "", fmt.Errorf("getting azure token for scope %s: %w", strings.Join(t.scopes, " "), err)
+		return "", &TokenError{Scope: strings.Join(t.scopes, " "), Err: err}
 	}
 	t.token = tok
 	return tok.Token, nil

@@ -146,7 +146,7 @@ func (l *LogAnalytics) Collect(ctx context.Context, namespace string, since time
 	var msgs []string
 	for i, err := range errs {
 		if err != nil {
-			msgs = append(msgs, fmt.Sprintf("%s query: %s", []string{"KubePodInventory", "KubeEvents"}[i], oneLine(err.Error())))
+			msgs = append(msgs, fmt.Sprintf("%s query: %s", []string{"KubePodInventory", "KubeEvents"}[i], azure.Condense(err.Error())))
 		}
 	}
 	if len(msgs) > 0 {

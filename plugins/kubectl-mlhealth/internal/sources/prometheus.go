@@ -171,7 +171,7 @@ func (p *Prometheus) Collect(ctx context.Context, q MetricsQuery) (health.Sample
 				warns = append(warns, oneLine(x))
 			}
 			if err != nil {
-				errs = append(errs, fmt.Sprintf("%s: %s", query.Metric, oneLine(err.Error())))
+				errs = append(errs, fmt.Sprintf("%s: %s", query.Metric, azure.Condense(err.Error())))
 				return
 			}
 			for _, s := range vec {
