@@ -56,6 +56,7 @@ for v in v1 v2 v3; do
 done
 
 step "3. helm acrpush: the chart and its image to ACR, signed in through Entra ID"
+acr="$ACR_LOGIN_SERVER/demo-$(date +%Y%m%d-%H%M%S)"   # a prefix per run: reruns never meet an older chart
 say "Installed as a real Helm plugin; the only credentials are AZURE_TENANT_ID / AZURE_CLIENT_ID / AZURE_CLIENT_SECRET."
 export HELM_PLUGINS=$work/helm-plugins
 plugin_src=$work/acrpush-plugin
@@ -63,12 +64,12 @@ mkdir -p "$plugin_src/bin" "$plugin_src/scripts"
 cp plugins/helm-acrpush/plugin.yaml "$plugin_src/"; cp plugins/helm-acrpush/scripts/install-binary.sh "$plugin_src/scripts/"
 cp bin/helm-acrpush "$plugin_src/bin/"
 run helm plugin install "$plugin_src" >/dev/null
-run helm acrpush charts/mlapp "$ACR_LOGIN_SERVER" --auth azure \
+run helm acrpush charts/mlapp "$acr" --auth azure \
   --set image.registry="$SOURCE_REGISTRY" --set image.tag=v1 --exclude "$EXCLUDE" \
   --values-out "$work/acr-values.yaml"
 say "The values overlay written for the install pins the image in ACR by digest:"
 sed 's/^/  /' "$work/acr-values.yaml"
-helm acrpush charts/mlapp "$ACR_LOGIN_SERVER" --auth azure --set image.registry="$SOURCE_REGISTRY" --set image.tag=v1 \
+helm acrpush charts/mlapp "$acr" --auth azure --set image.registry="$SOURCE_REGISTRY" --set image.tag=v1 \
   --exclude "$EXCLUDE" -o json >"$work/push-again.json"
 [ "$(jq '[.images[], .chart] | map(select(.action != "skipped")) | length' "$work/push-again.json")" = 0 ] \
   || die "a second push should skip everything"
@@ -94,7 +95,7 @@ fi
 kubectl create namespace "$NS" --dry-run=client -o yaml | kubectl label --local -f - -o yaml \
   pod-security.kubernetes.io/enforce=restricted | kubectl apply -f - >/dev/null
 chart_version=$(jq -r .chart.version "$work/push-again.json")
-run helm install "$RELEASE" "oci://$ACR_LOGIN_SERVER/mlapp" --version "$chart_version" -n "$NS" \
+run helm install "$RELEASE" "oci://$acr/mlapp" --version "$chart_version" -n "$NS" \
   -f "$work/acr-values.yaml" --set replicaCount=3 --wait --timeout 2m
 
 digest() { jq -r --arg v "$1" '.images[] | select(.tag==$v) | .digest' "$work/images.json"; }
@@ -125,7 +126,7 @@ run kubectl mlhealth "$RELEASE" -n "$NS" --prometheus-url "$PROMETHEUS_URL" || d
 
 step "6. kubectl mlrollout: canary to v2 with checks (error rate, p95 vs stable, predictions vs stable) -> promoted"
 set +e
-run kubectl mlrollout start "$RELEASE" -n "$NS" --image "model-server=$ACR_LOGIN_SERVER/mlapp/model-server:v2" \
+run kubectl mlrollout start "$RELEASE" -n "$NS" --image "model-server=$acr/mlapp/model-server:v2" \
   --plan hack/demo/plan.yaml --prometheus-url "$PROMETHEUS_URL" --timeout 4m
 code=$?
 set -e
@@ -136,7 +137,7 @@ ok "promoted: the stable Deployment runs $img, no canary left"
 
 step "7. kubectl mlrollout: canary to v3 (a broken model) -> its checks fail -> rolled back"
 set +e
-run kubectl mlrollout start "$RELEASE" -n "$NS" --image "model-server=$ACR_LOGIN_SERVER/mlapp/model-server:v3" \
+run kubectl mlrollout start "$RELEASE" -n "$NS" --image "model-server=$acr/mlapp/model-server:v3" \
   --plan hack/demo/plan.yaml --prometheus-url "$PROMETHEUS_URL" --timeout 4m
 code=$?
 set -e

@@ -393,7 +393,7 @@ func TestACRPushBenchmark(t *testing.T) {
 		why = "\n" + `Why the first push misses 0.5x in this run: both commands are bound by this machine's two cores,
 which run the client, the source registry, the ACR front (TLS) and the ACR registry (hashing, writing)
 at once; acrpush sends 300 MB where the baseline sends 380 MB (the shared layer goes up once and is
-mounted) and uses a third of its client CPU, but the registry side's work per byte is the same.`
+mounted) and uses less than half its client CPU, but the registry side's work per byte is the same.`
 		if storage == "disk" {
 			why += ` Here the registry's blobs are on the VM's disk, and distribution fsyncs each blob it commits:
 parallel transfers end in parallel fsyncs that the sequential baseline spreads out.`
@@ -413,7 +413,13 @@ parallel transfers end in parallel fsyncs that the sequential baseline spreads o
 		}
 		return strings.Join(rows, ", ")
 	}
-	md := fmt.Sprintf(`Command: `+"`make bench`"+` (`+"`go test -tags bench ./test/bench/ -run TestACRPushBenchmark`"+`), against the platform's
+	title := "## helm acrpush"
+	if storage != "memory" {
+		title += " (registry storage: " + storage + ")"
+	}
+	md := fmt.Sprintf(title+`
+
+Command: `+"`make bench`"+` (`+"`go test -tags bench ./test/bench/ -run TestACRPushBenchmark`"+`), against the platform's
 SOURCE_REGISTRY and ACR emulator (Entra ID sign-in, TLS), registry storage: **%s**
 (`+"`PLATFORM_REGISTRY_STORAGE`"+`; see test/platform/README.md). A chart and three images of about 300 MB of
 distinct content (a two-platform index of 2 x 50 MB; two images sharing an 80 MB layer with 60 MB
