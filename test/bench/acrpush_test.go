@@ -395,7 +395,7 @@ which run the client, the source registry, the ACR front (TLS) and the ACR regis
 at once; acrpush sends 300 MB where the baseline sends 380 MB (the shared layer goes up once and is
 mounted) and uses less than half its client CPU, but the registry side's work per byte is the same.`
 		if storage == "disk" {
-			why += ` Here the registry's blobs are on the VM's disk, and distribution fsyncs each blob it commits:
+			why += "\n" + `Here the registry's blobs are on the VM's disk, and distribution fsyncs each blob it commits:
 parallel transfers end in parallel fsyncs that the sequential baseline spreads out.`
 		}
 		why += "\n"
