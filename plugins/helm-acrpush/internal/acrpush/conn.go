@@ -61,7 +61,6 @@ func dialBatchedTLS(ctx context.Context, dial dialFunc, cfg *tls.Config, network
 		c.ServerName = host
 	}
 	bw := &batchWriter{Conn: raw}
-	bw.w = bufio.NewWriterSize(raw, writeBatch+64<<10)
 	tc := tls.Client(bw, c)
 	hctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
@@ -74,7 +73,8 @@ func dialBatchedTLS(ctx context.Context, dial dialFunc, cfg *tls.Config, network
 
 // batchWriter is the TCP connection under the TLS layer: writes gather in a buffer while flushing
 // is held, and go straight through otherwise. The TLS layer may write from its reading side too
-// (alerts, key updates), so the buffer has a lock of its own.
+// (alerts, key updates), so the buffer has a lock of its own. The buffer is made on the first
+// hold: connections that only carry small requests never need it.
 type batchWriter struct {
 	net.Conn
 	mu   sync.Mutex
@@ -85,6 +85,9 @@ type batchWriter struct {
 func (b *batchWriter) setHold() {
 	b.mu.Lock()
 	b.hold = true
+	if b.w == nil {
+		b.w = bufio.NewWriterSize(b.Conn, writeBatch+64<<10) // room for a batch's record headers and tags
+	}
 	b.mu.Unlock()
 }
 
@@ -100,7 +103,7 @@ func (b *batchWriter) Write(p []byte) (int, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if !b.hold {
-		if b.w.Buffered() > 0 {
+		if b.w != nil && b.w.Buffered() > 0 {
 			if err := b.w.Flush(); err != nil {
 				return 0, err
 			}
@@ -127,10 +130,14 @@ func (c *batchedTLSConn) Write(p []byte) (int, error) {
 	return n, err
 }
 
+var batchBufs = sync.Pool{New: func() any { b := make([]byte, writeBatch); return &b }}
+
 // ReadFrom is what net/http's request-body copy ends in: it reads the body writeBatch bytes at a
 // time (fewer, when the source is slower than the link) and writes each batch at once.
 func (c *batchedTLSConn) ReadFrom(r io.Reader) (int64, error) {
-	buf := make([]byte, writeBatch)
+	bp := batchBufs.Get().(*[]byte)
+	defer batchBufs.Put(bp)
+	buf := *bp
 	var total int64
 	for {
 		n, rerr := readSome(r, buf)
