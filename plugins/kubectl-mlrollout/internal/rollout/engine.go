@@ -180,7 +180,9 @@ func (e *Engine) start(ctx context.Context, stop <-chan struct{}) error {
 	informersToRun := []cache.SharedIndexInformer{depInf, podInf}
 
 	hpaClient := e.Kube.AutoscalingV2().HorizontalPodAutoscalers(e.Namespace)
-	hpas, err := hpaClient.List(ctx, metav1.ListOptions{})
+	// From the watch cache: a consistent list waits for the cache to catch up with the writes just
+	// made to other resources (80 ms here); whether an HPA targets the Deployment is not that fresh.
+	hpas, err := hpaClient.List(ctx, metav1.ListOptions{ResourceVersion: "0"})
 	switch {
 	case err != nil && !apierrors.IsForbidden(err):
 		return fmt.Errorf("listing horizontalpodautoscalers: %w", err)
@@ -201,15 +203,26 @@ func (e *Engine) start(ctx context.Context, stop <-chan struct{}) error {
 			informersToRun = append(informersToRun, hinf)
 		}
 	}
-	var synced []cache.InformerSynced
 	for _, inf := range informersToRun {
 		go inf.Run(stop)
-		synced = append(synced, inf.HasSynced)
 	}
-	if !cache.WaitForCacheSync(ctx.Done(), synced...) {
-		return fmt.Errorf("watching deployment %q: %w", e.Name, context.Cause(ctx))
+	// cache.WaitForCacheSync polls every 100 ms: a tenth of a second lost before every rollout.
+	tick := time.NewTicker(2 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		synced := true
+		for _, inf := range informersToRun {
+			synced = synced && inf.HasSynced()
+		}
+		if synced {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("watching deployment %q: %w", e.Name, context.Cause(ctx))
+		case <-tick.C:
+		}
 	}
-	return nil
 }
 
 // newInformer is a shared informer over one list/watch (client-go's informer factory would link
