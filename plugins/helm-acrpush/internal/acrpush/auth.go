@@ -19,6 +19,8 @@ import (
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore/policy"
 	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
+
+	"github.com/aks-mlops/mlplugins/pkg/shared/azure"
 )
 
 // NullGUID is the user name that tells ACR the password is an ACR refresh token.
@@ -251,28 +253,29 @@ func registryMessage(body []byte) string {
 }
 
 // entraMessage shortens an azidentity error (several lines, with the raw response) to one line:
-// the first line plus Entra's error code and description.
+// the first line plus Entra's error code and description when Entra answered with one, else
+// every line condensed (a credential chain names each credential it tried and why it failed).
 func entraMessage(err error) string {
 	msg := err.Error()
+	i := strings.Index(msg, `"error_description"`)
+	j := strings.LastIndex(msg[:max(i, 0)], "{")
+	k := strings.Index(msg[max(i, 0):], "}")
+	var d struct {
+		E string `json:"error"`
+		D string `json:"error_description"`
+	}
+	if i < 0 || j < 0 || k < 0 || json.Unmarshal([]byte(msg[j:i+k+1]), &d) != nil {
+		return azure.Condense(msg)
+	}
 	first, _, _ := strings.Cut(msg, "\n")
+	first = strings.TrimSuffix(strings.TrimSpace(first), ".")
 	var re *azcore.ResponseError
 	if errors.As(err, &re) && re.RawResponse != nil {
-		first = fmt.Sprintf("%s (HTTP %d)", strings.TrimSuffix(strings.TrimSpace(first), "."), re.StatusCode)
+		first = fmt.Sprintf("%s (HTTP %d)", first, re.StatusCode)
 	}
-	if i := strings.Index(msg, `"error_description"`); i >= 0 {
-		var d struct {
-			E string `json:"error"`
-			D string `json:"error_description"`
-		}
-		if j := strings.LastIndex(msg[:i], "{"); j >= 0 {
-			if k := strings.Index(msg[i:], "}"); k >= 0 && json.Unmarshal([]byte(msg[j:i+k+1]), &d) == nil {
-				desc, _, _ := strings.Cut(d.D, "\n")
-				desc, _, _ = strings.Cut(desc, "Trace ID:")
-				first = strings.TrimSuffix(strings.TrimSpace(first), ".") + ": " + strings.TrimSpace(d.E+" "+strings.TrimSpace(desc))
-			}
-		}
-	}
-	return oneLine(first)
+	desc, _, _ := strings.Cut(d.D, "\n")
+	desc, _, _ = strings.Cut(desc, "Trace ID:")
+	return oneLine(first + ": " + strings.TrimSpace(d.E+" "+strings.TrimSpace(desc)))
 }
 
 func oneLine(s string) string {

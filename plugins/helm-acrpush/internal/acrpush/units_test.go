@@ -396,3 +396,22 @@ func TestConfigKeychain(t *testing.T) {
 		t.Errorf("missing file: %v %v", a, err)
 	}
 }
+
+func TestEntraMessage(t *testing.T) {
+	// Entra answered: its error code and description, without the response dump.
+	secret := errors.New("ClientSecretCredential: authentication failed\nPOST https://login.example/t/oauth2/v2.0/token\n" +
+		"--------------------------------------------------------------------------------\nRESPONSE 401: 401 Unauthorized\n" +
+		"--------------------------------------------------------------------------------\n" +
+		`{"error":"invalid_client","error_description":"AADSTS7000215: Invalid client secret provided. Trace ID: 1"}` + "\n" +
+		"--------------------------------------------------------------------------------\nTo troubleshoot, visit https://aka.ms/azsdk\n")
+	if got, want := entraMessage(secret), "ClientSecretCredential: authentication failed: invalid_client AADSTS7000215: Invalid client secret provided."; got != want {
+		t.Errorf("entraMessage(secret) = %q, want %q", got, want)
+	}
+	// A credential chain: every credential and its reason, on one line.
+	chain := errors.New("DefaultAzureCredential: failed to acquire a token.\nAttempted credentials:\n" +
+		"\tEnvironmentCredential: missing environment variable AZURE_TENANT_ID\n\tAzureCLICredential: Azure CLI not found on path\n")
+	if got, want := entraMessage(chain), "DefaultAzureCredential: failed to acquire a token. Attempted credentials: "+
+		"EnvironmentCredential: missing environment variable AZURE_TENANT_ID; AzureCLICredential: Azure CLI not found on path"; got != want {
+		t.Errorf("entraMessage(chain) = %q, want %q", got, want)
+	}
+}
