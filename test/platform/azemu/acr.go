@@ -112,6 +112,7 @@ func newACRFront(cfg Config, e *entra, refreshKey, tokenKey *rsa.PrivateKey, tok
 			}
 			return nil
 		},
+		Transport:     upstreamTransport(),
 		FlushInterval: -1,
 		ErrorLog:      log.New(logfWriter(cfg.Logf), "acr proxy: ", 0),
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {

@@ -67,7 +67,7 @@ func Serve(ctx context.Context, cfg Config) error {
 		{Handler: logRequests(cfg.Logf, "entra", entraH), TLSConfig: tlsCfg, ReadHeaderTimeout: 30 * time.Second},
 		{Handler: logRequests(cfg.Logf, "acr", acrH), TLSConfig: tlsCfg.Clone(), ReadHeaderTimeout: 30 * time.Second},
 	}
-	listeners := []net.Listener{entraLn, acrLn}
+	listeners := []net.Listener{entraLn, bufferedListener{acrLn}}
 	errc := make(chan error, len(servers))
 	for i, srv := range servers {
 		go func() { errc <- srv.ServeTLS(listeners[i], "", "") }()
