@@ -15,7 +15,6 @@ import (
 	"sync"
 	"sync/atomic"
 
-	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
@@ -57,7 +56,11 @@ type plannedImage struct {
 
 // resolveImage fetches the source manifests (and child manifests of an index) and narrows an
 // index to the requested platforms.
-func resolveImage(ctx context.Context, puller *remote.Puller, r *imageRef, platforms []v1.Platform) (*plannedImage, error) {
+func resolveImage(ctx context.Context, sess *sessions, r *imageRef, platforms []v1.Platform) (*plannedImage, error) {
+	puller, err := sess.puller(ctx, r.From.Context().Registry)
+	if err != nil {
+		return nil, sourceError(r, err)
+	}
 	desc, err := puller.Get(ctx, r.From)
 	if err != nil {
 		return nil, sourceError(r, err)
@@ -231,7 +234,11 @@ func (p *plannedImage) addBlob(d v1.Descriptor) {
 }
 
 // checkTarget reads what the target reference holds now.
-func checkTarget(ctx context.Context, puller *remote.Puller, ref name.Reference) (string, error) {
+func checkTarget(ctx context.Context, sess *sessions, ref name.Reference) (string, error) {
+	puller, err := sess.puller(ctx, ref.Context().Registry)
+	if err != nil {
+		return "", registryError(ref.Context().RegistryStr(), err)
+	}
 	d, err := puller.Head(ctx, ref)
 	if err != nil {
 		var te *transport.Error
@@ -280,7 +287,7 @@ func registryError(registry string, err error) error {
 // (a mismatch fails the upload), which spares hashing every byte twice.
 type sourceBlob struct {
 	ctx   context.Context
-	src   *sourceClients
+	sess  *sessions
 	repo  name.Repository
 	desc  blobDesc
 	count func(int64)
@@ -297,49 +304,20 @@ func (b *sourceBlob) Uncompressed() (io.ReadCloser, error) {
 }
 
 func (b *sourceBlob) Compressed() (io.ReadCloser, error) {
-	rc, err := b.src.open(b.ctx, b.repo, b.desc)
+	rc, err := openBlob(b.ctx, b.sess, b.repo, b.desc)
 	if err != nil {
 		return nil, err
 	}
 	return &countingReader{rc: rc, count: b.count}, nil
 }
 
-// sourceClients holds one authenticated HTTP client per source repository.
-type sourceClients struct {
-	keychain authn.Keychain
-	rt       http.RoundTripper
-	mu       sync.Mutex
-	clients  map[string]*http.Client
-}
-
-func (s *sourceClients) client(ctx context.Context, repo name.Repository) (*http.Client, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if c, ok := s.clients[repo.String()]; ok {
-		return c, nil
-	}
-	auth, err := authn.Resolve(ctx, s.keychain, repo)
-	if err != nil {
-		return nil, err
-	}
-	rt, err := transport.NewWithContext(ctx, repo.Registry, auth, s.rt, []string{repo.Scope(transport.PullScope)})
+// openBlob streams a blob: GET /v2/<repo>/blobs/<digest>, following redirects to blob storage.
+func openBlob(ctx context.Context, sess *sessions, repo name.Repository, d blobDesc) (io.ReadCloser, error) {
+	rt, err := sess.transport(ctx, repo.Registry)
 	if err != nil {
 		return nil, err
 	}
 	c := &http.Client{Transport: rt}
-	if s.clients == nil {
-		s.clients = map[string]*http.Client{}
-	}
-	s.clients[repo.String()] = c
-	return c, nil
-}
-
-// open streams a blob: GET /v2/<repo>/blobs/<digest>, following redirects to blob storage.
-func (s *sourceClients) open(ctx context.Context, repo name.Repository, d blobDesc) (io.ReadCloser, error) {
-	c, err := s.client(ctx, repo)
-	if err != nil {
-		return nil, err
-	}
 	u := url.URL{Scheme: repo.Registry.Scheme(), Host: repo.RegistryStr(), Path: fmt.Sprintf("/v2/%s/blobs/%s", repo.RepositoryStr(), d.Digest)}
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u.String(), nil)
 	if err != nil {
@@ -410,8 +388,7 @@ func (m rawManifest) MediaType() (types.MediaType, error) { return m.mt, nil }
 // repository that needs it, then mounted into the other repositories; manifests follow, children
 // before parents, the tag last.
 type copier struct {
-	source   *sourceClients
-	puller   *remote.Puller
+	sess     *sessions
 	pusher   *remote.Pusher
 	jobs     int
 	progress *progressBar
@@ -542,7 +519,7 @@ func (c *copier) copy(ctx context.Context, images []*plannedImage) {
 }
 
 func (c *copier) blob(ctx context.Context, src name.Repository, d blobDesc, owner *plannedImage) *sourceBlob {
-	return &sourceBlob{ctx: ctx, src: c.source, repo: src, desc: d, count: func(n int64) {
+	return &sourceBlob{ctx: ctx, sess: c.sess, repo: src, desc: d, count: func(n int64) {
 		owner.uploaded.Add(n)
 		c.progress.add(n)
 	}}

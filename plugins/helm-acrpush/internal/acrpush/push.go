@@ -153,23 +153,19 @@ func Push(ctx context.Context, chartPath string, dst Destination, opts ...Option
 	st := &stats{}
 	var rt = &retryTransport{inner: &countingTransport{inner: o.Transport, log: log, stats: st}, policy: o.Retry, log: log}
 	kc := &targetKeychain{registry: dst.Registry, auth: o.TargetAuth, next: o.Keychain}
-	ropts := []remote.Option{
-		remote.WithTransport(rt),
-		remote.WithAuthFromKeychain(kc),
+	dstRegistry, err := name.NewRegistry(dst.Registry, nameOpts(o)...)
+	if err != nil {
+		return nil, fmt.Errorf("registry %q: %w", dst.Registry, err)
+	}
+	sess := newSessions(transport.NewUserAgent(rt, o.UserAgent), kc,
 		remote.WithJobs(o.Jobs),
-		remote.WithUserAgent(o.UserAgent),
-		remote.WithRetryStatusCodes(),
 		// A whole blob upload is restarted more often than a single request is retried: a dropped
 		// connection half-way through a large blob cannot be resumed.
 		remote.WithRetryBackoff(remote.Backoff{Duration: o.Retry.Initial, Factor: 1.3, Jitter: 0.2, Steps: max(2*o.Retry.Attempts, 15)}),
-	}
-	puller, err := remote.NewPuller(ropts...)
-	if err != nil {
-		return nil, err
-	}
-	pusher, err := remote.NewPusher(ropts...)
-	if err != nil {
-		return nil, err
+	)
+	for _, r := range refs {
+		sess.need(r.From.Context(), transport.PullScope)
+		sess.need(r.To, transport.PushScope)
 	}
 	if ea, ok := o.TargetAuth.(*EntraAuth); ok && ea.Client == nil {
 		// The exchange goes through the same retries and request log as everything else.
@@ -198,8 +194,9 @@ func Push(ctx context.Context, chartPath string, dst Destination, opts ...Option
 		if chartRef, err = name.ParseReference(c.Ref(dst), nameOpts(o)...); err != nil {
 			return nil, fmt.Errorf("chart reference %q: %w", c.Ref(dst), err)
 		}
+		sess.need(chartRef.Context(), transport.PushScope)
 	}
-	images, err := plan(ctx, puller, refs, o, waitSignIn, where)
+	images, err := plan(ctx, sess, refs, o, waitSignIn, where)
 	if err != nil {
 		return nil, err
 	}
@@ -208,7 +205,7 @@ func Push(ctx context.Context, chartPath string, dst Destination, opts ...Option
 	}
 	if chartArt != nil {
 		res.Chart = &ChartResult{Name: c.Chart.Name(), Version: c.Chart.Metadata.Version, Source: chartPath, Reference: chartRef.String(), Digest: chartArt.digest.String()}
-		existing, err := checkTarget(ctx, puller, chartRef)
+		existing, err := checkTarget(ctx, sess, chartRef)
 		if err != nil {
 			return nil, err
 		}
@@ -243,6 +240,10 @@ func Push(ctx context.Context, chartPath string, dst Destination, opts ...Option
 	// manifest, which makes it a chart, is written last.
 	var chartBytes atomic.Int64
 	chartBlobs := make(chan error, 1)
+	pusher, err := sess.pusher(ctx, dstRegistry)
+	if err != nil {
+		return nil, registryError(dst.Registry, err)
+	}
 	if res.Chart != nil && res.Chart.Action == ActionWouldPush {
 		go func() { chartBlobs <- chartArt.uploadBlobs(ctx, pusher, chartRef, func(k int64) { chartBytes.Add(k) }) }()
 	} else {
@@ -251,8 +252,7 @@ func Push(ctx context.Context, chartPath string, dst Destination, opts ...Option
 	if len(todo) > 0 {
 		bar := newProgressBar(o.Progress)
 		bar.start()
-		src := &sourceClients{keychain: kc, rt: transport.NewUserAgent(rt, o.UserAgent)}
-		cp := &copier{source: src, puller: puller, pusher: pusher, jobs: o.Jobs, progress: bar, log: log}
+		cp := &copier{sess: sess, pusher: pusher, jobs: o.Jobs, progress: bar, log: log}
 		cp.copy(ctx, todo)
 		bar.finish()
 	}
@@ -344,7 +344,7 @@ func mapImages(found []FoundImage, dst Destination, o *Options, where map[string
 
 // plan resolves every source and checks every target in parallel; any missing source or
 // conflicting tag fails the whole run before anything is written.
-func plan(ctx context.Context, puller *remote.Puller, refs []*imageRef, o *Options, waitSignIn func() error, where map[string][]string) ([]*plannedImage, error) {
+func plan(ctx context.Context, sess *sessions, refs []*imageRef, o *Options, waitSignIn func() error, where map[string][]string) ([]*plannedImage, error) {
 	images := make([]*plannedImage, len(refs))
 	errs := make([]error, len(refs))
 	sem := make(chan struct{}, o.Jobs)
@@ -354,7 +354,7 @@ func plan(ctx context.Context, puller *remote.Puller, refs []*imageRef, o *Optio
 		sem <- struct{}{}
 		go func() {
 			defer func() { <-sem; wg.Done() }()
-			img, err := resolveImage(ctx, puller, r, o.Platforms)
+			img, err := resolveImage(ctx, sess, r, o.Platforms)
 			if err != nil {
 				if w := where[r.Source]; len(w) > 0 {
 					err = fmt.Errorf("%w (used by %s)", err, strings.Join(w, "; "))
@@ -367,7 +367,7 @@ func plan(ctx context.Context, puller *remote.Puller, refs []*imageRef, o *Optio
 				errs[i] = err
 				return
 			}
-			existing, err := checkTarget(ctx, puller, img.targetName)
+			existing, err := checkTarget(ctx, sess, img.targetName)
 			if err != nil {
 				errs[i] = err
 				return
