@@ -670,7 +670,7 @@ func TestMlrolloutBadInput(t *testing.T) {
 		{name: "unreachable prometheus", args: []string{"start", "mlapp", "--image", "model=x:2", "--plan", goodProm, "--prometheus-url", "http://127.0.0.1:1"}, want: `error: check "e": prometheus at http://127.0.0.1:1:`},
 		{name: "rejected query", args: []string{"start", "mlapp", "--image", "model=x:2", "--plan", promPlan, "--prometheus-url", env.PrometheusURL}, want: `bad_data`},
 		{name: "missing rbac", as: "nobody", args: []string{"start", "mlapp", "--image", "model=x:2"}, want: `error: `},
-		{name: "missing rbac write", as: "mlrollout-reader", args: []string{"start", "mlapp", "--image", "model=x:2"}, want: `error: missing permission in namespace "` + ns + `": cannot create deployments, create events, delete deployments, update deployments`},
+		{name: "missing rbac write", as: "mlrollout-reader", args: []string{"start", "mlapp", "--image", "model=x:2"}, want: `error: missing permission in namespace "` + ns + `": cannot create deployments, create events, delete deployments, patch deployments, update deployments`},
 	}
 	env.Apply(t, ns, `apiVersion: rbac.authorization.k8s.io/v1
 kind: RoleBinding

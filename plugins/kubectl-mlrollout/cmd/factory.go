@@ -330,7 +330,7 @@ func (f *Factory) checkAccess(ctx context.Context, ns string, checks []accessChe
 // driveAccess are the permissions needed to drive a rollout.
 func driveAccess(st *rollout.State) []accessCheck {
 	checks := []accessCheck{
-		{"get", "apps", "deployments", ""}, {"update", "apps", "deployments", ""}, {"create", "apps", "deployments", ""},
+		{"get", "apps", "deployments", ""}, {"update", "apps", "deployments", ""}, {"patch", "apps", "deployments", ""}, {"create", "apps", "deployments", ""},
 		{"delete", "apps", "deployments", ""}, {"watch", "apps", "deployments", ""}, {"list", "apps", "deployments", ""},
 		{"list", "", "pods", ""}, {"watch", "", "pods", ""}, {"create", "", "events", ""},
 	}

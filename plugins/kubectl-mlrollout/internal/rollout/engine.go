@@ -16,6 +16,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/cache"
@@ -357,7 +358,14 @@ func (e *Engine) write(ctx context.Context, base *appsv1.Deployment, next *State
 		if mutate != nil {
 			mutate(d)
 		}
-		res, err := e.Kube.AppsV1().Deployments(e.Namespace).Update(ctx, d, metav1.UpdateOptions{FieldManager: FieldManager})
+		var res *appsv1.Deployment
+		var err error
+		patch, patched := annotationPatch(obj, d)
+		if patched {
+			res, err = e.Kube.AppsV1().Deployments(e.Namespace).Patch(ctx, e.Name, types.JSONPatchType, patch, metav1.PatchOptions{FieldManager: FieldManager})
+		} else {
+			res, err = e.Kube.AppsV1().Deployments(e.Namespace).Update(ctx, d, metav1.UpdateOptions{FieldManager: FieldManager})
+		}
 		if err == nil {
 			e.setStable(res)
 			if e.OnWrite != nil {
@@ -365,7 +373,9 @@ func (e *Engine) write(ctx context.Context, base *appsv1.Deployment, next *State
 			}
 			return nil
 		}
-		if !apierrors.IsConflict(err) || attempt >= 10 {
+		// A patch whose test failed (the state changed since obj was read) is refused as invalid.
+		stale := apierrors.IsConflict(err) || (patched && (apierrors.IsInvalid(err) || isTestFailed(err)))
+		if !stale || attempt >= 10 {
 			return fmt.Errorf("updating deployment %q: %w", e.Name, err)
 		}
 		fresh, err := e.Kube.AppsV1().Deployments(e.Namespace).Get(ctx, e.Name, metav1.GetOptions{})
