@@ -413,6 +413,11 @@ parallel transfers end in parallel fsyncs that the sequential baseline spreads o
 		}
 		return strings.Join(rows, ", ")
 	}
+	var rows []string
+	for i := range base {
+		rows = append(rows, fmt.Sprintf("%s / %s (%.2f)", base[i].Round(10*time.Millisecond), ours[i].Round(10*time.Millisecond), float64(ours[i])/float64(base[i])))
+	}
+	perRound := strings.Join(rows, ", ")
 	title := "## helm acrpush"
 	if storage != "memory" {
 		title += " (registry storage: " + storage + ")"
@@ -430,6 +435,8 @@ of their own), %d rounds side by side, medians.
 | first push | %s | %s | %.2fx | <= 0.5x: %s |
 | re-push of unchanged content | %s | %s | %.3fx | <= 0.1x: %s |
 
+Per round, baseline / `+"`helm acrpush`"+` (ratio): %s.
+
 Re-push blob uploads counted in the ACR emulator's request log: %d (goal 0: %s).
 
 CPU per first push (user+sys, median): clients: baseline %s, `+"`helm acrpush`"+` %s; registry side
@@ -442,7 +449,7 @@ vfork and Linux carries the mark across exec.) Pushing the 300 MB set the same w
 memory does not grow with layer size.
 `, storage, rounds, mb0.Round(10*time.Millisecond), mo.Round(10*time.Millisecond), ratio, verdict(ratio <= 0.5),
 		mb0.Round(10*time.Millisecond), ma.Round(10*time.Millisecond), reratio, verdict(reratio <= 0.1),
-		reuploads, verdict(reuploads == 0), Median(baseCPU).Round(10*time.Millisecond), Median(oursCPU).Round(10*time.Millisecond),
+		perRound, reuploads, verdict(reuploads == 0), Median(baseCPU).Round(10*time.Millisecond), Median(oursCPU).Round(10*time.Millisecond),
 		steps(baseServer), steps(oursServer), why, float64(rss.hwm)/mb, verdict(rss.hwm > 0 && rss.hwm < 100*mb), rss.took.Round(100*time.Millisecond), float64(rss.maxRSS)/mb, float64(small.hwm)/mb)
 	t.Log("\n" + md)
 	section := "acrpush"
