@@ -432,7 +432,7 @@ of their own), %d rounds side by side, medians.
 
 | | baseline: `+"`helm push`"+` + one `+"`crane copy`"+` per image, sequential | `+"`helm acrpush`"+` | ratio | goal |
 |---|---|---|---|---|
-| first push | %s | %s | %.2fx | <= 0.5x: %s |
+| first push | %s | %s | %.3fx | <= 0.5x: %s |
 | re-push of unchanged content | %s | %s | %.3fx | <= 0.1x: %s |
 
 Per round, baseline / `+"`helm acrpush`"+` (ratio): %s.
@@ -463,6 +463,6 @@ memory does not grow with layer size.
 		t.Errorf("a hard goal was missed (re-push uploads %d, peak RSS %d MB, re-push ratio %.3f)", reuploads, rss.hwm/mb, reratio)
 	}
 	if ratio > 0.5 {
-		t.Logf("first-push ratio %.2f is above the 0.5x goal", ratio)
+		t.Logf("first-push ratio %.3f is above the 0.5x goal", ratio)
 	}
 }
