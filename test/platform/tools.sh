@@ -21,12 +21,15 @@ key=$( { echo "format $FORMAT"; go env GOVERSION; sed -n '/^replace (/,/^)/p' "$
   echo "$KWOK_VERSION $REGISTRY_VERSION $HELM3_VERSION $HELM4_VERSION $KREW_VERSION $CRANE_VERSION"; } | sha256sum | cut -c1-16)
 cache=${MLPLUGINS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/mlplugins-platform}
 bin=$cache/$key/bin
-if [ -f "$bin/.complete" ]; then echo "$bin"; exit 0; fi
+# Complete when every tool is there: a cache made before a tool was added gains it without a rebuild of the rest.
+TOOLS="kube-apiserver kube-controller-manager kube-scheduler kubectl etcd kwok registry helm helm4 krew validate-krew-manifest crane"
+complete() { [ -f "$bin/.complete" ] || return 1; for t in $TOOLS; do [ -x "$bin/$t" ] || return 1; done; }
+if complete; then echo "$bin"; exit 0; fi
 
 mkdir -p "$bin"
 exec 9>"$cache/$key.lock"
 flock 9
-if [ -f "$bin/.complete" ]; then echo "$bin"; exit 0; fi
+if complete; then echo "$bin"; exit 0; fi
 
 log() { printf '[tools] %s\n' "$*" >&2; }
 start=$(date +%s)
@@ -36,7 +39,9 @@ export CGO_ENABLED=0
 kv=k8s.io/component-base/version
 k8s_ldflags="-X $kv.gitVersion=$K8S_VERSION -X $kv.gitMajor=1 -X $kv.gitMinor=$(echo "$K8S_VERSION" | cut -d. -f2) -X $kv.gitTreeState=clean -X $kv.buildDate=1970-01-01T00:00:00Z"
 k8s_ldflags="$k8s_ldflags -X k8s.io/client-go/pkg/version.gitVersion=$K8S_VERSION -X k8s.io/client-go/pkg/version.gitMajor=1 -X k8s.io/client-go/pkg/version.gitMinor=$(echo "$K8S_VERSION" | cut -d. -f2)"
-for t in kube-apiserver kube-controller-manager kube-scheduler; do
+# kubectl too: the tests and the demo drive the cluster with the kubectl of its own release, not
+# whatever the machine has (a client more than one minor away from the server is unsupported).
+for t in kube-apiserver kube-controller-manager kube-scheduler kubectl; do
   [ -x "$bin/$t" ] || { log "building $t"; (cd "$here" && go build -trimpath -ldflags "$k8s_ldflags" -o "$bin/$t" "k8s.io/kubernetes/cmd/$t"); }
 done
 [ -x "$bin/etcd" ] || { log "building etcd"; (cd "$here" && go build -trimpath -o "$bin/etcd" go.etcd.io/etcd/server/v3); }
@@ -58,7 +63,9 @@ inst crane github.com/google/go-containerregistry/cmd/crane@$CRANE_VERSION
 moddir=$(go mod download -json sigs.k8s.io/kwok@$KWOK_VERSION | sed -n 's/.*"Dir": "\(.*\)",/\1/p')
 mkdir -p "$bin/../kwok"
 cp -r "$moddir/kustomize/stage" "$moddir/kustomize/crd" "$bin/../kwok/" && chmod -R u+w "$bin/../kwok"
-echo "$(( $(date +%s) - start ))" >"$bin/../build-seconds" # read by the platform benchmark
+# Read by the platform benchmark: the seconds spent building this cache, a tool added later included.
+prev=$(cat "$bin/../build-seconds" 2>/dev/null || echo 0)
+echo "$(( prev + $(date +%s) - start ))" >"$bin/../build-seconds"
 touch "$bin/.complete"
 log "built in $(( $(date +%s) - start ))s into $bin"
 echo "$bin"

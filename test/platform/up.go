@@ -38,7 +38,7 @@ const (
 var systemCABundles = []string{"/etc/ssl/certs/ca-certificates.crt", "/etc/pki/tls/certs/ca-bundle.crt", "/etc/ssl/cert.pem"}
 
 // toolNames are the binaries tools.sh builds; up links each into .platform/bin.
-var toolNames = []string{"kube-apiserver", "kube-controller-manager", "kube-scheduler", "etcd", "kwok", "registry",
+var toolNames = []string{"kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl", "etcd", "kwok", "registry",
 	"helm", "helm4", "krew", "validate-krew-manifest", "crane"}
 
 func runUp(ctx context.Context, args []string, stdout, stderr io.Writer) error {
