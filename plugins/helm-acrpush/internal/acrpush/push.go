@@ -116,6 +116,35 @@ func Push(ctx context.Context, chartPath string, dst Destination, opts ...Option
 	log := &logger{w: o.Log, start: time.Now()}
 	res := &Result{Registry: dst.String(), DryRun: o.DryRun}
 
+	st := &stats{}
+	var rt = &retryTransport{inner: &countingTransport{inner: o.Transport, log: log, stats: st}, policy: o.Retry, log: log}
+	kc := &targetKeychain{registry: dst.Registry, auth: o.TargetAuth, next: o.Keychain}
+	dstRegistry, err := name.NewRegistry(dst.Registry, nameOpts(o)...)
+	if err != nil {
+		return nil, fmt.Errorf("registry %q: %w", dst.Registry, err)
+	}
+	if ea, ok := o.TargetAuth.(*EntraAuth); ok && ea.Client == nil {
+		// The exchange goes through the same retries and request log as everything else.
+		ea.Client = &http.Client{Transport: rt}
+	}
+	// Sign in while the chart renders and the source images are resolved (the Entra token and the
+	// exchange are the longest chain before the first byte moves); target checks wait for it. A
+	// chart that does not load or render is still reported first.
+	signCtx, cancelSignIn := context.WithCancel(ctx)
+	defer cancelSignIn()
+	signedIn := make(chan struct{})
+	var signInErr error
+	go func() {
+		defer close(signedIn)
+		if o.TargetAuth != nil {
+			_, signInErr = authn.Authorization(signCtx, o.TargetAuth)
+		}
+	}()
+	waitSignIn := func() error {
+		<-signedIn
+		return signInErr
+	}
+
 	// 1. The chart loads and renders; its images are found.
 	c, err := LoadChart(chartPath, o.Version)
 	if err != nil {
@@ -149,14 +178,7 @@ func Push(ctx context.Context, chartPath string, dst Destination, opts ...Option
 		log.printf("chart %s %s uses %d images", c.Chart.Name(), c.Chart.Metadata.Version, len(refs))
 	}
 
-	// 2. Sign in, resolve every source image and check every target.
-	st := &stats{}
-	var rt = &retryTransport{inner: &countingTransport{inner: o.Transport, log: log, stats: st}, policy: o.Retry, log: log}
-	kc := &targetKeychain{registry: dst.Registry, auth: o.TargetAuth, next: o.Keychain}
-	dstRegistry, err := name.NewRegistry(dst.Registry, nameOpts(o)...)
-	if err != nil {
-		return nil, fmt.Errorf("registry %q: %w", dst.Registry, err)
-	}
+	// 2. Resolve every source image and check every target (after signing in).
 	sess := newSessions(transport.NewUserAgent(rt, o.UserAgent), kc,
 		remote.WithJobs(o.Jobs),
 		// A whole blob upload is restarted more often than a single request is retried: a dropped
@@ -166,23 +188,6 @@ func Push(ctx context.Context, chartPath string, dst Destination, opts ...Option
 	for _, r := range refs {
 		sess.need(r.From.Context(), transport.PullScope)
 		sess.need(r.To, transport.PushScope)
-	}
-	if ea, ok := o.TargetAuth.(*EntraAuth); ok && ea.Client == nil {
-		// The exchange goes through the same retries and request log as everything else.
-		ea.Client = &http.Client{Transport: rt}
-	}
-	// Sign in while the source images are resolved; target checks wait for it.
-	signedIn := make(chan struct{})
-	var signInErr error
-	go func() {
-		defer close(signedIn)
-		if o.TargetAuth != nil {
-			_, signInErr = authn.Authorization(ctx, o.TargetAuth)
-		}
-	}()
-	waitSignIn := func() error {
-		<-signedIn
-		return signInErr
 	}
 
 	var chartArt *chartArtifact
@@ -196,6 +201,22 @@ func Push(ctx context.Context, chartPath string, dst Destination, opts ...Option
 		}
 		sess.need(chartRef.Context(), transport.PushScope)
 	}
+	// The chart's target is checked alongside the images'.
+	type targetCheck struct {
+		existing string
+		err      error
+	}
+	chartChecked := make(chan targetCheck, 1)
+	if chartArt != nil {
+		go func() {
+			if err := waitSignIn(); err != nil {
+				chartChecked <- targetCheck{err: err}
+				return
+			}
+			existing, err := checkTarget(ctx, sess, chartRef)
+			chartChecked <- targetCheck{existing, err}
+		}()
+	}
 	images, err := plan(ctx, sess, refs, o, waitSignIn, where)
 	if err != nil {
 		return nil, err
@@ -205,7 +226,8 @@ func Push(ctx context.Context, chartPath string, dst Destination, opts ...Option
 	}
 	if chartArt != nil {
 		res.Chart = &ChartResult{Name: c.Chart.Name(), Version: c.Chart.Metadata.Version, Source: chartPath, Reference: chartRef.String(), Digest: chartArt.digest.String()}
-		existing, err := checkTarget(ctx, sess, chartRef)
+		check := <-chartChecked
+		existing, err := check.existing, check.err
 		if err != nil {
 			return nil, err
 		}
