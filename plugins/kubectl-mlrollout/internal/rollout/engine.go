@@ -374,7 +374,7 @@ func (e *Engine) write(ctx context.Context, base *appsv1.Deployment, next *State
 			return nil
 		}
 		// A patch whose test failed (the state changed since obj was read) is refused as invalid.
-		stale := apierrors.IsConflict(err) || (patched && (apierrors.IsInvalid(err) || isTestFailed(err)))
+		stale := apierrors.IsConflict(err) || (patched && apierrors.IsInvalid(err))
 		if !stale || attempt >= 10 {
 			return fmt.Errorf("updating deployment %q: %w", e.Name, err)
 		}

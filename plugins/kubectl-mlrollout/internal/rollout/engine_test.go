@@ -63,6 +63,12 @@ func newFakeCluster(t *testing.T, objs ...runtime.Object) *fakeCluster {
 	t.Helper()
 	fc := &fakeCluster{kube: fake.NewClientset(objs...)}
 	fc.kube.PrependReactor("update", "deployments", fc.updateDeployment)
+	fc.kube.PrependReactor("patch", "deployments", patchLikeAPIServer(fc.kube, func() string {
+		fc.umu.Lock()
+		defer fc.umu.Unlock()
+		fc.rv++
+		return strconv.Itoa(fc.rv)
+	}))
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
 	w, err := fc.kube.AppsV1().Deployments(ns).Watch(ctx, metav1.ListOptions{})
@@ -121,6 +127,29 @@ func (fc *fakeCluster) updateDeployment(a k8stesting.Action) (bool, runtime.Obje
 		return true, nil, err
 	}
 	return true, n, nil
+}
+
+// patchLikeAPIServer applies Deployment patches as the API server does in what the engine relies
+// on: a JSON Patch whose test fails is refused with 422 Invalid, and every write gets a new
+// resourceVersion from nextRV.
+func patchLikeAPIServer(kube *fake.Clientset, nextRV func() string) k8stesting.ReactionFunc {
+	apply := k8stesting.ObjectReaction(kube.Tracker())
+	return func(a k8stesting.Action) (bool, runtime.Object, error) {
+		_, obj, err := apply(a)
+		if err != nil && strings.Contains(err.Error(), "test failed") {
+			return true, nil, apierrors.NewGenericServerResponse(http.StatusUnprocessableEntity, "patch",
+				schema.GroupResource{Group: "apps", Resource: "deployments"}, a.(k8stesting.PatchAction).GetName(), err.Error(), 0, false)
+		}
+		if err != nil {
+			return true, nil, err
+		}
+		d := obj.(*appsv1.Deployment).DeepCopy()
+		d.ResourceVersion = nextRV()
+		if err := kube.Tracker().Update(appsv1.SchemeGroupVersion.WithResource("deployments"), d, d.Namespace); err != nil {
+			return true, nil, err
+		}
+		return true, d, nil
+	}
 }
 
 func (fc *fakeCluster) deletePods(ctx context.Context, d *appsv1.Deployment) {
@@ -553,10 +582,21 @@ func TestConflictsAreRetried(t *testing.T) {
 		}
 		return false, nil, nil
 	})
+	// State writes are patches: every third is refused as if its test had failed (422).
+	var refusals atomic.Int32
+	h.fc.kube.PrependReactor("patch", "deployments", func(a k8stesting.Action) (bool, runtime.Object, error) {
+		if a.(k8stesting.PatchAction).GetName() == "mlapp" && refusals.Add(1)%3 == 1 {
+			return true, nil, apierrors.NewGenericServerResponse(http.StatusUnprocessableEntity, "patch", schema.GroupResource{Group: "apps", Resource: "deployments"}, "mlapp", "test failed", 0, false)
+		}
+		return false, nil, nil
+	})
 	h.start(StartSpec{Plan: mustPlan(t, "10,50,100", 0)}, "me")
 	res, err := h.run(h.engine("me"), 20*time.Second)
 	if err != nil || res.Outcome != OutcomePromoted {
 		t.Fatalf("res = %+v, err = %v", res, err)
+	}
+	if refusals.Load() < 2 {
+		t.Fatalf("only %d state patches: the refusal path was not exercised", refusals.Load())
 	}
 	if conflicts.Load() < 3 {
 		t.Fatalf("only %d updates went through the conflict reactor", conflicts.Load())

@@ -49,9 +49,3 @@ func annotationPatch(base, next *appsv1.Deployment) (patch []byte, ok bool) {
 	b, err := json.Marshal(ops)
 	return b, err == nil
 }
-
-// isTestFailed reports a JSON Patch refused because its test did not hold, as the fake clientset
-// returns it (the API server answers 422 Invalid).
-func isTestFailed(err error) bool {
-	return err != nil && strings.Contains(err.Error(), "test failed")
-}

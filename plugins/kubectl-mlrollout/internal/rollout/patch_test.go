@@ -3,6 +3,7 @@ package rollout
 import (
 	"context"
 	"errors"
+	"strconv"
 	"testing"
 
 	appsv1 "k8s.io/api/apps/v1"
@@ -41,6 +42,8 @@ func TestStateWriteIsAGuardedPatch(t *testing.T) {
 	base := withState(deployment("model", "m:1", 3), &State{ID: "a", Phase: PhaseProgressing, Step: 0})
 	base.ResourceVersion = "1"
 	kube := fake.NewClientset(base)
+	rv := 1
+	kube.PrependReactor("patch", "deployments", patchLikeAPIServer(kube, func() string { rv++; return strconv.Itoa(rv) }))
 	e := &Engine{Kube: kube, Namespace: ns, Name: "model"}
 
 	if err := e.write(ctx, base, &State{ID: "a", Phase: PhaseProgressing, Step: 1}, nil); err != nil {
