@@ -37,10 +37,6 @@ const (
 // systemCABundles are the usual locations of the system trust store.
 var systemCABundles = []string{"/etc/ssl/certs/ca-certificates.crt", "/etc/pki/tls/certs/ca-bundle.crt", "/etc/ssl/cert.pem"}
 
-// toolNames are the binaries tools.sh builds; up links each into .platform/bin.
-var toolNames = []string{"kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl", "etcd", "kwok", "registry",
-	"helm", "helm4", "krew", "validate-krew-manifest", "crane"}
-
 func runUp(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("up", stderr)
 	dirFlag := fs.String("dir", "", "state directory (default $PLATFORM_DIR or <repo>/.platform)")
@@ -150,9 +146,17 @@ func bringUp(ctx context.Context, dir string, nodes int, stderr io.Writer) (*Sta
 			return nil, err
 		}
 	}
+	// Every binary tools.sh built (its TOOLS list is the one list of them) is linked into .platform/bin.
 	binDir := filepath.Join(dir, "bin")
-	for _, t := range toolNames {
-		if err := os.Symlink(filepath.Join(toolsDir, t), filepath.Join(binDir, t)); err != nil {
+	tools, err := os.ReadDir(toolsDir)
+	if err != nil {
+		return nil, err
+	}
+	for _, t := range tools {
+		if t.IsDir() || strings.HasPrefix(t.Name(), ".") {
+			continue
+		}
+		if err := os.Symlink(filepath.Join(toolsDir, t.Name()), filepath.Join(binDir, t.Name())); err != nil {
 			return nil, err
 		}
 	}

@@ -1,6 +1,7 @@
 package azemu
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"io"
@@ -25,14 +26,10 @@ const ioBatch = 1 << 20
 // so it is kept well below ioBatch.
 const readBuffer = 256 << 10
 
-var (
-	batchPool = sync.Pool{New: func() any { b := make([]byte, ioBatch); return &b }}
-	readPool  = sync.Pool{New: func() any { b := make([]byte, readBuffer); return &b }}
-)
+var batchPool = sync.Pool{New: func() any { b := make([]byte, ioBatch); return &b }}
 
 // bufferedListener hands out connections whose reads go through a buffer, so that the TLS layer
-// above gets many records per read(2). The buffer is made on the first read and returned to the
-// pool when the connection closes.
+// above gets many records per read(2).
 type bufferedListener struct{ net.Listener }
 
 func (l bufferedListener) Accept() (net.Conn, error) {
@@ -43,79 +40,19 @@ func (l bufferedListener) Accept() (net.Conn, error) {
 	return &bufferedConn{Conn: c}, nil
 }
 
+// bufferedConn reads through a buffer made on its first read (the TLS layer reads one connection
+// from one goroutine at a time). bufio refills it with one read(2) of whatever the socket holds
+// and reads straight into requests at least as large as the buffer.
 type bufferedConn struct {
 	net.Conn
-	mu      sync.Mutex
-	buf     *[]byte // nil until the first read and after release
-	r, w    int     // unread bytes are buf[r:w]
-	err     error   // the error of the read that filled buf, returned once buf is drained
-	reading bool
-	closed  bool
+	r *bufio.Reader
 }
 
 func (c *bufferedConn) Read(p []byte) (int, error) {
-	c.mu.Lock()
-	if c.closed {
-		c.mu.Unlock()
-		return 0, net.ErrClosed
+	if c.r == nil {
+		c.r = bufio.NewReaderSize(c.Conn, readBuffer)
 	}
-	if c.buf == nil {
-		c.buf = readPool.Get().(*[]byte)
-	}
-	c.reading = true
-	c.mu.Unlock()
-	n, err := c.read(p)
-	c.mu.Lock()
-	c.reading = false
-	if c.closed {
-		c.release()
-	}
-	c.mu.Unlock()
-	return n, err
-}
-
-// read serves p from the buffer, refilling it with one read of whatever the socket holds (up to
-// readBuffer) when it is empty; reads as large as the buffer skip it.
-func (c *bufferedConn) read(p []byte) (int, error) {
-	b := *c.buf
-	if c.r == c.w {
-		if err := c.err; err != nil {
-			c.err = nil
-			return 0, err
-		}
-		if len(p) >= len(b) {
-			return c.Conn.Read(p)
-		}
-		n, err := c.Conn.Read(b)
-		c.r, c.w, c.err = 0, n, err
-		if n == 0 {
-			c.err = nil
-			return 0, err
-		}
-	}
-	n := copy(p, b[c.r:c.w])
-	c.r += n
-	return n, nil
-}
-
-func (c *bufferedConn) Close() error {
-	err := c.Conn.Close()
-	c.mu.Lock()
-	c.closed = true
-	if !c.reading {
-		c.release()
-	}
-	c.mu.Unlock()
-	return err
-}
-
-// release returns the buffer to the pool; c.mu is held and no read is running.
-func (c *bufferedConn) release() {
-	if c.buf != nil {
-		readPool.Put(c.buf)
-		c.buf = nil
-		c.r, c.w = 0, 0
-	}
+	return c.r.Read(p)
 }
 
 // upstreamTransport is the proxy's transport to the registry: plain HTTP/1.1 on loopback, enough
