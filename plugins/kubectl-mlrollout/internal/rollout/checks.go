@@ -165,16 +165,30 @@ func (k *Checker) http(ctx context.Context, hc *plan.HTTPCheck, t checkTarget) (
 	if hc.CompareWithStable == nil {
 		return true, msg
 	}
-	if len(t.StablePods) == 0 && t.NoStable {
+	if t.NoStable {
+		// The stable Deployment is scaled to zero at this step: a stable pod still listed is going away and may be
+		// gone before the request reaches it, so there is nothing steady to compare with (as for Prometheus
+		// baselines). The canary's own answer above still had to pass.
 		return true, msg + " (no stable pod runs at this step to compare with)"
 	}
 	if len(t.StablePods) == 0 {
 		return false, "failed measurement: no Ready stable pod to compare with"
 	}
-	spod := t.StablePods[0]
-	sresp, err := k.send(ctx, hc, t.Namespace, spod)
-	if err != nil {
-		return false, fmt.Sprintf("failed measurement: %s %s on stable pod %s: %v", hc.Method, hc.Path, spod, err)
+	// A stable pod can go away between the listing and the request (a step scales the stable Deployment down):
+	// the first Ready stable pod that answers is the one compared with.
+	var spod string
+	var sresp *HTTPResponse
+	var errs []string
+	for _, p := range t.StablePods {
+		r, err := k.send(ctx, hc, t.Namespace, p)
+		if err == nil {
+			spod, sresp = p, r
+			break
+		}
+		errs = append(errs, fmt.Sprintf("pod %s: %v", p, err))
+	}
+	if sresp == nil {
+		return false, fmt.Sprintf("failed measurement: %s %s on stable pods: %s", hc.Method, hc.Path, strings.Join(errs, "; "))
 	}
 	path, _ := plan.ParseJSONPath(hc.CompareWithStable.JSONPath) // validated when the plan was parsed
 	cv, err := extract(resp.Body, path)

@@ -89,3 +89,48 @@ func TestHTTPCheckLatencyAndErrors(t *testing.T) {
 		t.Fatalf("no pods: %+v", m)
 	}
 }
+
+// A stable pod can vanish between the listing and the request: the comparison goes to the next Ready stable pod,
+// and at a step that runs no stable pod (the stable Deployment scaled to zero) there is nothing to compare with,
+// even while a leaving stable pod is still listed (the CI failure that found this: a 100% step sent the request
+// to a stable pod already deleted and rolled the canary back).
+func TestHTTPCompareWithStablePodsGoingAway(t *testing.T) {
+	var asked []string
+	send := func(_ context.Context, _, pod string, _ int, _ *http.Request) (*HTTPResponse, error) {
+		asked = append(asked, pod)
+		switch pod {
+		case "stable-gone", "stable-gone-too":
+			return nil, errors.New(`pods "` + pod + `" not found`)
+		case "canary":
+			return &HTTPResponse{Status: 200, Body: []byte(`{"predictions":[1]}`)}, nil
+		}
+		return &HTTPResponse{Status: 200, Body: []byte(`{"predictions":[2]}`)}, nil
+	}
+	k := &Checker{PodHTTP: send}
+	c := plan.Check{Name: "h", HTTP: &plan.HTTPCheck{Port: 80, Path: "/p", Method: "POST", ExpectStatus: 200,
+		CompareWithStable: &plan.Compare{JSONPath: "$.predictions", Tolerance: 0}}}
+	for _, tt := range []struct {
+		name   string
+		target checkTarget
+		pass   bool
+		msg    string
+		asked  string
+	}{
+		{"next stable pod", checkTarget{CanaryPods: []string{"canary"}, StablePods: []string{"stable-gone", "stable-live"}},
+			false, "predictions differ from stable pod stable-live", "canary,stable-gone,stable-live"},
+		{"every stable pod gone", checkTarget{CanaryPods: []string{"canary"}, StablePods: []string{"stable-gone", "stable-gone-too"}},
+			false, `failed measurement: POST /p on stable pods: pod stable-gone: pods "stable-gone" not found; pod stable-gone-too: pods "stable-gone-too" not found`, "canary,stable-gone,stable-gone-too"},
+		{"no stable at this step", checkTarget{NoStable: true, CanaryPods: []string{"canary"}, StablePods: []string{"stable-gone"}},
+			true, "pod canary answered 200 in 0s (no stable pod runs at this step to compare with)", "canary"},
+		{"no Ready stable pod", checkTarget{CanaryPods: []string{"canary"}},
+			false, "failed measurement: no Ready stable pod to compare with", "canary"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			asked = nil
+			m := k.Run(context.Background(), c, tt.target)
+			if m.Passed != tt.pass || !strings.HasPrefix(m.Message, tt.msg) || strings.Join(asked, ",") != tt.asked {
+				t.Fatalf("got %v %q after asking %v; want %v %q after %s", m.Passed, m.Message, asked, tt.pass, tt.msg, tt.asked)
+			}
+		})
+	}
+}
