@@ -146,6 +146,9 @@ func (k *Checker) send(ctx context.Context, hc *plan.HTTPCheck, ns, pod string) 
 	return k.PodHTTP(ctx, ns, pod, hc.Port, req)
 }
 
+// maxStableTries is how many Ready stable pods an HTTP comparison asks before it is a failed measurement.
+const maxStableTries = 3
+
 func (k *Checker) http(ctx context.Context, hc *plan.HTTPCheck, t checkTarget) (bool, string) {
 	if len(t.CanaryPods) == 0 {
 		return false, "failed measurement: no Ready canary pod"
@@ -175,11 +178,12 @@ func (k *Checker) http(ctx context.Context, hc *plan.HTTPCheck, t checkTarget) (
 		return false, "failed measurement: no Ready stable pod to compare with"
 	}
 	// A stable pod can go away between the listing and the request (a step scales the stable Deployment down):
-	// the first Ready stable pod that answers is the one compared with.
+	// the first Ready stable pod that answers is the one compared with. At most maxStableTries are asked, so a
+	// fault that every stable pod shares costs a few requests per measurement, not one per replica.
 	var spod string
 	var sresp *HTTPResponse
 	var errs []string
-	for _, p := range t.StablePods {
+	for _, p := range t.StablePods[:min(len(t.StablePods), maxStableTries)] {
 		r, err := k.send(ctx, hc, t.Namespace, p)
 		if err == nil {
 			spod, sresp = p, r

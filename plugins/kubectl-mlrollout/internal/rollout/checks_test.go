@@ -134,3 +134,21 @@ func TestHTTPCompareWithStablePodsGoingAway(t *testing.T) {
 		})
 	}
 }
+
+// A fault every stable pod shares costs at most three requests per measurement, not one per replica.
+func TestHTTPCompareAsksAtMostThreeStablePods(t *testing.T) {
+	var asked []string
+	k := &Checker{PodHTTP: func(_ context.Context, _, pod string, _ int, _ *http.Request) (*HTTPResponse, error) {
+		asked = append(asked, pod)
+		if pod == "canary" {
+			return &HTTPResponse{Status: 200, Body: []byte(`{}`)}, nil
+		}
+		return nil, errors.New("connection refused")
+	}}
+	c := plan.Check{Name: "h", HTTP: &plan.HTTPCheck{Port: 80, Path: "/", Method: "GET", ExpectStatus: 200,
+		CompareWithStable: &plan.Compare{JSONPath: "$"}}}
+	m := k.Run(context.Background(), c, checkTarget{CanaryPods: []string{"canary"}, StablePods: []string{"s1", "s2", "s3", "s4", "s5"}})
+	if m.Passed || strings.Join(asked, ",") != "canary,s1,s2,s3" || !strings.HasPrefix(m.Message, "failed measurement: GET / on stable pods: pod s1: connection refused; pod s2") {
+		t.Fatalf("got %v %q after asking %v", m.Passed, m.Message, asked)
+	}
+}
