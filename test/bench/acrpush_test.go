@@ -200,7 +200,7 @@ func (b *benchEnv) blobUploadsSince(t *testing.T, offset int64, prefix string) i
 	data, _ := io.ReadAll(f)
 	n := 0
 	for _, l := range strings.Split(string(data), "\n") {
-		if strings.Contains(l, "/v2/"+prefix+"/") && (strings.Contains(l, " PATCH ") || (strings.Contains(l, " POST ") && strings.Contains(l, "/blobs/uploads/"))) {
+		if strings.Contains(l, "/v2/"+prefix+"/") && (strings.Contains(l, " PATCH ") || ((strings.Contains(l, " POST ") || strings.Contains(l, " PUT ")) && strings.Contains(l, "/blobs/uploads/"))) {
 			n++
 		}
 	}

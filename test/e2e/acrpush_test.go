@@ -340,7 +340,7 @@ func (e *apEnv) uploadsSince(t *testing.T, offset int64, prefix string) (uploads
 			continue
 		}
 		requests++
-		if strings.Contains(line, " PATCH ") || (strings.Contains(line, " POST ") && strings.Contains(line, "/blobs/uploads/")) {
+		if strings.Contains(line, " PATCH ") || ((strings.Contains(line, " POST ") || strings.Contains(line, " PUT ")) && strings.Contains(line, "/blobs/uploads/")) {
 			uploads++
 		}
 	}
@@ -401,20 +401,22 @@ func TestACRPushChartAndImages(t *testing.T) {
 	}
 	res := decodeAP(t, r)
 	// Every distinct blob went up once (web: 2 x (config + 2 layers); api: config, own and shared
-	// layer; worker: config and own layer; chart: config and content); the shared layer was mounted
-	// into the second repository.
+	// layer; worker: config and own layer; chart: config and content), each in one PUT after its
+	// POST (no PATCH); the shared layer was mounted into the second repository.
 	time.Sleep(200 * time.Millisecond)
-	var patches, mounts int
+	var puts, patches, mounts int
 	for _, l := range e.logLinesSince(t, offset, prefix) {
 		switch {
+		case strings.Contains(l, " PUT ") && strings.Contains(l, "/blobs/uploads/"):
+			puts++
 		case strings.Contains(l, " PATCH "):
 			patches++
 		case strings.Contains(l, " POST ") && strings.Contains(l, "/blobs/uploads/ -> 201"):
 			mounts++
 		}
 	}
-	if patches != 13 || mounts != 1 || res.Transfer.BlobMounts != 1 {
-		t.Errorf("registry log: %d blob uploads (want 13), %d mounts (want 1); reported %d mounts", patches, mounts, res.Transfer.BlobMounts)
+	if puts != 13 || patches != 0 || mounts != 1 || res.Transfer.BlobMounts != 1 {
+		t.Errorf("registry log: %d blob uploads (want 13), %d PATCH (want 0), %d mounts (want 1); reported %d mounts", puts, patches, mounts, res.Transfer.BlobMounts)
 	}
 	want := map[string]string{dst + "/" + ns + "/web:1.0": im.webD, dst + "/" + ns + "/api:2.1": im.apiD, dst + "/" + ns + "/worker:2.1": im.workerD}
 	for ref, d := range want {
@@ -749,7 +751,7 @@ func (e *apEnv) acrFaultProxy(t *testing.T) string {
 	if err != nil {
 		t.Fatalf("emulator certificate: %v", err)
 	}
-	var reqs, patches, errorsN, resets atomic.Int64
+	var reqs, uploads, errorsN, resets atomic.Int64
 	var self string
 	rp := &httputil.ReverseProxy{
 		Rewrite: func(pr *httputil.ProxyRequest) {
@@ -786,7 +788,9 @@ func (e *apEnv) acrFaultProxy(t *testing.T) string {
 			w.WriteHeader(code)
 			return
 		}
-		if r.Method == http.MethodPatch && patches.Add(1)%5 == 2 {
+		// Blob bodies: a PATCH, or a PUT carrying the whole blob.
+		isUpload := r.Method == http.MethodPatch || (r.Method == http.MethodPut && strings.Contains(r.URL.Path, "/blobs/uploads/") && r.ContentLength > 0)
+		if isUpload && uploads.Add(1)%5 == 2 {
 			resets.Add(1)
 			_, _ = io.CopyN(io.Discard, r.Body, max(r.ContentLength/2, 1))
 			if conn, _, err := w.(http.Hijacker).Hijack(); err == nil {

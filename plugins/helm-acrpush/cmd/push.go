@@ -13,6 +13,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
@@ -136,7 +137,7 @@ func (o *PushOptions) AddFlags(cmd *cobra.Command) {
 	f.StringArrayVar(&o.Images, "image", o.Images, "Also push this image (can be repeated)")
 	f.StringVar(&o.Exclude, "exclude", o.Exclude, "Skip images whose source reference matches this regular expression")
 	f.StringSliceVar(&o.Platforms, "platform", o.Platforms, "Copy only these platforms of multi-platform images (os/arch[/variant], comma-separated; default all)")
-	f.IntVar(&o.Jobs, "jobs", o.Jobs, "Number of blobs transferred in parallel")
+	f.IntVar(&o.Jobs, "jobs", o.Jobs, "Number of blobs over 1 MB transferred in parallel (smaller ones, such as configs, go alongside)")
 	f.BoolVar(&o.DryRun, "dry-run", o.DryRun, "Check everything and print the plan without writing anything")
 	f.BoolVar(&o.Force, "force", o.Force, "Replace tags that point at a different digest")
 	f.StringVarP(&o.Output, "output", "o", o.Output, "Output format: table or json")
@@ -257,8 +258,8 @@ func (o *PushOptions) Run(ctx context.Context) (err error) {
 	var warnings bytes.Buffer
 	log.SetFlags(0)
 	log.SetOutput(&warnings)
-	defer log.SetOutput(os.Stderr)
 	defer func() {
+		log.SetOutput(os.Stderr) // first: no write reaches warnings after this
 		if warnings.Len() > 0 && (o.Debug || err == nil) {
 			_, _ = o.ErrOut.Write(warnings.Bytes())
 		}
@@ -292,8 +293,10 @@ func (o *PushOptions) Run(ctx context.Context) (err error) {
 			opts = append(opts, opt)
 		}
 	}
+	// The push's request log and the sign-in's step log write from several goroutines: one lock.
+	debugOut := &lockedWriter{w: o.ErrOut}
 	if o.Debug {
-		opts = append(opts, acrpush.WithLog(o.ErrOut))
+		opts = append(opts, acrpush.WithLog(debugOut))
 	}
 	if o.IsTerminal != nil && o.IsTerminal(o.ErrOut) && !o.Debug {
 		opts = append(opts, acrpush.WithProgress(o.ErrOut))
@@ -315,7 +318,7 @@ func (o *PushOptions) Run(ctx context.Context) (err error) {
 		opts = append(opts, acrpush.WithTargetAuth(o.targetAuth))
 	}
 	if ea, ok := o.targetAuth.(*acrpush.EntraAuth); ok && o.Debug {
-		ea.Log = o.ErrOut
+		ea.Log = debugOut
 	}
 	if o.Debug {
 		fmt.Fprintf(o.ErrOut, "pushing %s to %s (auth %s, registry config %s)\n", o.ChartPath, o.Destination, o.Auth, o.RegistryConfig)
@@ -403,4 +406,16 @@ func (o *PushOptions) summary(res *acrpush.Result, took time.Duration) {
 	}
 	fmt.Fprintf(o.ErrOut, "%d images pushed, %d skipped%s; %d blobs uploaded (%d bytes), %d mounted, in %s\n",
 		count[acrpush.ActionPushed], count[acrpush.ActionSkipped], chart, res.Transfer.BlobUploads, res.Transfer.BytesPushed, res.Transfer.BlobMounts, took.Round(time.Millisecond))
+}
+
+// lockedWriter serializes writes from several goroutines.
+type lockedWriter struct {
+	mu sync.Mutex
+	w  io.Writer
+}
+
+func (l *lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
 }

@@ -4,8 +4,10 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"io"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/name"
@@ -106,29 +108,28 @@ func chartAnnotations(meta *chart.Metadata, created time.Time) map[string]string
 	return out
 }
 
-// staticLayer is an in-memory blob.
-type staticLayer struct {
-	b     blobBytes
-	count func(int64)
-}
-
-func (l staticLayer) Digest() (v1.Hash, error)            { return l.b.desc.Digest, nil }
-func (l staticLayer) DiffID() (v1.Hash, error)            { return l.b.desc.Digest, nil }
-func (l staticLayer) Size() (int64, error)                { return l.b.desc.Size, nil }
-func (l staticLayer) MediaType() (types.MediaType, error) { return l.b.desc.MediaType, nil }
-func (l staticLayer) Compressed() (io.ReadCloser, error) {
-	return &countingReader{rc: io.NopCloser(bytes.NewReader(l.b.data)), count: l.count}, nil
-}
-func (l staticLayer) Uncompressed() (io.ReadCloser, error) { return l.Compressed() }
-
-// uploadBlobs writes the config and chart blobs into ref's repository.
-func (a *chartArtifact) uploadBlobs(ctx context.Context, pusher *remote.Pusher, ref name.Reference, count func(int64)) error {
-	for _, b := range []blobBytes{a.config, a.layer} {
-		if err := pusher.Upload(ctx, ref.Context(), staticLayer{b: b, count: count}); err != nil {
-			return err
-		}
+// uploadBlobs writes the config and chart blobs into ref's repository, both at once, skipping
+// those it holds already.
+func (a *chartArtifact) uploadBlobs(ctx context.Context, up *blobUploader, sess *sessions, ref name.Reference, count func(int64)) error {
+	blobs := []blobBytes{a.config, a.layer}
+	errs := make([]error, len(blobs))
+	var wg sync.WaitGroup
+	for i, b := range blobs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			there, err := blobExists(ctx, sess, ref.Context(), b.desc.Digest)
+			if err != nil || there {
+				errs[i] = err
+				return
+			}
+			d := blobDesc{Digest: b.desc.Digest, Size: b.desc.Size, MediaType: b.desc.MediaType}
+			open := func(context.Context) (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(b.data)), nil }
+			_, errs[i] = up.upload(ctx, ref.Context(), d, nil, open, count)
+		}()
 	}
-	return nil
+	wg.Wait()
+	return errors.Join(errs...)
 }
 
 // putManifest writes the manifest under ref: from then on the chart exists.

@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -49,6 +50,7 @@ type plannedImage struct {
 	existing   string // digest the target reference has now ("" for none)
 	action     string
 	uploaded   atomic.Int64
+	present    map[v1.Hash]bool // blobs the target repository holds already
 	err        error
 	arrived    bool
 	targetName name.Reference
@@ -233,6 +235,34 @@ func (p *plannedImage) addBlob(d v1.Descriptor) {
 	p.size += d.Size
 }
 
+// checkBlobs asks the target repository which of the image's blobs it holds already, a few at
+// a time, so that uploads need not ask one by one.
+func checkBlobs(ctx context.Context, sess *sessions, img *plannedImage, jobs int) error {
+	present := make([]bool, len(img.blobs))
+	errs := make([]error, len(img.blobs))
+	sem := make(chan struct{}, jobs)
+	var wg sync.WaitGroup
+	for i, b := range img.blobs {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			present[i], errs[i] = blobExists(ctx, sess, img.ref.To, b.Digest)
+		}()
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		return registryError(img.ref.To.RegistryStr(), errs[slices.IndexFunc(errs, func(e error) bool { return e != nil })])
+	}
+	img.present = map[v1.Hash]bool{}
+	for i, b := range img.blobs {
+		if present[i] {
+			img.present[b.Digest] = true
+		}
+	}
+	return nil
+}
+
 // checkTarget reads what the target reference holds now.
 func checkTarget(ctx context.Context, sess *sessions, ref name.Reference) (string, error) {
 	puller, err := sess.puller(ctx, ref.Context().Registry)
@@ -281,37 +311,10 @@ func registryError(registry string, err error) error {
 	return fmt.Errorf("registry %s: %s", registry, oneLine(unwrapURLError(err).Error()))
 }
 
-// sourceBlob is a blob read from the source registry as it is written, so that memory does not
-// grow with its size; bytes read are counted for the progress bar and the report. The bytes are
-// not hashed on the way: the destination registry checks the digest when the upload is committed
-// (a mismatch fails the upload), which spares hashing every byte twice.
-type sourceBlob struct {
-	ctx   context.Context
-	sess  *sessions
-	repo  name.Repository
-	desc  blobDesc
-	count func(int64)
-}
-
-func (b *sourceBlob) Digest() (v1.Hash, error) { return b.desc.Digest, nil }
-func (b *sourceBlob) DiffID() (v1.Hash, error) {
-	return v1.Hash{}, errors.New("diff id is not needed to copy a blob")
-}
-func (b *sourceBlob) Size() (int64, error)                { return b.desc.Size, nil }
-func (b *sourceBlob) MediaType() (types.MediaType, error) { return b.desc.MediaType, nil }
-func (b *sourceBlob) Uncompressed() (io.ReadCloser, error) {
-	return nil, errors.New("uncompressed contents are not needed to copy a blob")
-}
-
-func (b *sourceBlob) Compressed() (io.ReadCloser, error) {
-	rc, err := openBlob(b.ctx, b.sess, b.repo, b.desc)
-	if err != nil {
-		return nil, err
-	}
-	return &countingReader{rc: rc, count: b.count}, nil
-}
-
 // openBlob streams a blob: GET /v2/<repo>/blobs/<digest>, following redirects to blob storage.
+// Memory does not grow with the blob's size. The bytes are not hashed on the way: the destination
+// registry checks the digest when the upload is committed (a mismatch fails the upload), which
+// spares hashing every byte twice.
 func openBlob(ctx context.Context, sess *sessions, repo name.Repository, d blobDesc) (io.ReadCloser, error) {
 	rt, err := sess.transport(ctx, repo.Registry)
 	if err != nil {
@@ -384,143 +387,228 @@ type rawManifest struct {
 func (m rawManifest) RawManifest() ([]byte, error)        { return m.raw, nil }
 func (m rawManifest) MediaType() (types.MediaType, error) { return m.mt, nil }
 
-// copier moves the planned images: every distinct blob is uploaded once, to the first target
-// repository that needs it, then mounted into the other repositories; manifests follow, children
-// before parents, the tag last.
+// smallBlob is the size under which a blob (a config, a small layer) does not wait for one of the
+// --jobs transfer slots: it takes two short requests, and its image's manifest cannot be written
+// before it is there.
+const smallBlob = 1 << 20
+
+// copier moves the planned images. Every distinct blob the registry lacks is uploaded once, to the
+// first target repository that needs it, largest first on --jobs slots; the other repositories
+// mount it as soon as it is there; an image's manifests are written as soon as all its blobs are
+// in its repository (image manifests together, then indexes, children before parents, the tag
+// last). No step waits for unrelated images: the run ends a manifest or two after its last blob.
 type copier struct {
 	sess     *sessions
+	up       *blobUploader
 	pusher   *remote.Pusher
 	jobs     int
 	progress *progressBar
 	log      *logger
 }
 
-type blobHome struct {
-	desc    blobDesc
-	src     name.Repository
-	home    name.Repository
-	owner   *plannedImage
-	err     error
-	done    bool
-	sameReg bool
+// blobJob is one distinct blob: where it goes first and when it is there.
+type blobJob struct {
+	desc  blobDesc
+	src   name.Repository
+	home  *plannedImage // the image whose repository gets it first
+	there bool          // the home repository holds it already
+	done  chan struct{} // closed when the home has it, or failed to get it
+	err   error
 }
 
 func (c *copier) copy(ctx context.Context, images []*plannedImage) {
-	homes := map[v1.Hash]*blobHome{}
-	var order []*blobHome
+	byDigest := map[v1.Hash]*blobJob{}
+	var all []*blobJob
 	for _, img := range images {
 		for _, b := range img.blobs {
-			if _, ok := homes[b.Digest]; ok {
-				continue
+			j, ok := byDigest[b.Digest]
+			if !ok {
+				j = &blobJob{desc: b, src: img.ref.From.Context(), home: img, done: make(chan struct{})}
+				byDigest[b.Digest] = j
+				all = append(all, j)
 			}
-			h := &blobHome{desc: b, src: img.ref.From.Context(), home: img.ref.To, owner: img,
-				sameReg: img.ref.From.Context().RegistryStr() == img.ref.To.RegistryStr()}
-			homes[b.Digest] = h
-			order = append(order, h)
-			c.progress.addTotal(b.Size)
+			if img.present[b.Digest] && !j.there {
+				j.home, j.there = img, true
+			}
+		}
+	}
+	var big, small []*blobJob
+	for _, j := range all {
+		switch {
+		case j.there:
+			close(j.done)
+		case j.desc.Size < smallBlob:
+			small = append(small, j)
+		default:
+			big = append(big, j)
+		}
+		if !j.there && mountSource(j.src, j.home.ref.To) == nil {
+			c.progress.addTotal(j.desc.Size)
 		}
 	}
 	// Largest first keeps the pipes full at the end.
-	sort.SliceStable(order, func(i, j int) bool { return order[i].desc.Size > order[j].desc.Size })
+	sort.SliceStable(big, func(i, k int) bool { return big[i].desc.Size > big[k].desc.Size })
 
-	run := func(n int, f func(i int)) {
-		sem := make(chan struct{}, c.jobs)
-		var wg sync.WaitGroup
-		for i := 0; i < n; i++ {
-			wg.Add(1)
-			sem <- struct{}{}
-			go func() {
-				defer func() { <-sem; wg.Done() }()
-				f(i)
-			}()
-		}
-		wg.Wait()
+	var wg sync.WaitGroup
+	var next atomic.Int64
+	for w := 0; w < min(c.jobs, len(big)); w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := int(next.Add(1) - 1); i < len(big); i = int(next.Add(1) - 1) {
+				c.toHome(ctx, big[i])
+			}
+		}()
 	}
-
-	// Phase 1: each distinct blob to its home repository.
-	run(len(order), func(i int) {
-		h := order[i]
-		if ctx.Err() != nil {
-			h.err = ctx.Err()
-			return
-		}
-		var l v1.Layer = c.blob(ctx, h.src, h.desc, h.owner)
-		if h.sameReg && h.src.Name() != h.home.Name() {
-			l = &remote.MountableLayer{Layer: l, Reference: h.src.Digest(h.desc.Digest.String())}
-		}
-		h.err = c.pusher.Upload(ctx, h.home, l)
-		if h.err == nil {
-			h.done = true
-			c.log.printf("blob %s (%d bytes) in %s", h.desc.Digest, h.desc.Size, h.home)
-		}
-	})
-
-	// Phase 2: mount shared blobs into the other repositories that need them.
-	type mount struct {
-		img *plannedImage
-		h   *blobHome
+	smallSlots := make(chan struct{}, c.jobs)
+	for _, j := range small {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			smallSlots <- struct{}{}
+			defer func() { <-smallSlots }()
+			c.toHome(ctx, j)
+		}()
 	}
-	var mounts []mount
 	for _, img := range images {
-		for _, b := range img.blobs {
-			h := homes[b.Digest]
-			switch {
-			case h.err != nil && h.owner == img:
-				if img.err == nil {
-					img.err = fmt.Errorf("blob %s: %w", b.Digest, h.err)
-				}
-			case h.home.Name() != img.ref.To.Name():
-				// Mount from the home repository, or upload here if the home upload failed.
-				mounts = append(mounts, mount{img, h})
-			}
-		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c.finish(ctx, img, byDigest)
+		}()
 	}
-	var mu sync.Mutex
-	run(len(mounts), func(i int) {
-		m := mounts[i]
-		if m.img.err != nil || ctx.Err() != nil {
-			return
-		}
-		var l v1.Layer = c.blob(ctx, m.h.src, m.h.desc, m.img)
-		if m.h.done {
-			l = &remote.MountableLayer{Layer: l, Reference: m.h.home.Digest(m.h.desc.Digest.String())}
-		}
-		if err := c.pusher.Upload(ctx, m.img.ref.To, l); err != nil {
-			mu.Lock()
-			if m.img.err == nil {
-				m.img.err = fmt.Errorf("blob %s: %w", m.h.desc.Digest, err)
-			}
-			mu.Unlock()
-		}
-	})
-
-	// Phase 3: manifests, children first, then the tag.
-	run(len(images), func(i int) {
-		img := images[i]
-		if img.err != nil {
-			return
-		}
-		if ctx.Err() != nil {
-			img.err = ctx.Err()
-			return
-		}
-		for j, m := range img.manifests {
-			ref := name.Reference(img.ref.To.Digest(m.Digest.String()))
-			if j == len(img.manifests)-1 {
-				ref = img.ref.targetRef(m.Digest.String())
-			}
-			if err := c.pusher.Put(ctx, ref, rawManifest{raw: m.Raw, mt: m.MediaType}); err != nil {
-				img.err = fmt.Errorf("writing manifest %s: %w", m.Digest, err)
-				return
-			}
-		}
-		img.arrived = true
-	})
+	wg.Wait()
 }
 
-func (c *copier) blob(ctx context.Context, src name.Repository, d blobDesc, owner *plannedImage) *sourceBlob {
-	return &sourceBlob{ctx: ctx, sess: c.sess, repo: src, desc: d, count: func(n int64) {
-		owner.uploaded.Add(n)
+// toHome uploads a blob to its home repository (or mounts it there from its source repository,
+// when that is in the same registry).
+func (c *copier) toHome(ctx context.Context, j *blobJob) {
+	defer close(j.done)
+	if j.err = ctx.Err(); j.err != nil {
+		return
+	}
+	to := j.home.ref.To
+	_, j.err = c.up.upload(ctx, to, j.desc, mountSource(j.src, to), c.opener(j.src, j.desc), c.counter(j.home))
+	if j.err == nil {
+		c.log.printf("blob %s (%d bytes) in %s", j.desc.Digest, j.desc.Size, to)
+	}
+}
+
+// mountSource is from when a blob can be mounted into to from it: another repository of the same
+// registry.
+func mountSource(from, to name.Repository) *name.Repository {
+	if from.RegistryStr() != to.RegistryStr() || from.Name() == to.Name() {
+		return nil
+	}
+	return &from
+}
+
+// finish waits for the image's blobs, mounts those whose home is another repository (uploading
+// them here when that upload failed), then writes the image's manifests.
+func (c *copier) finish(ctx context.Context, img *plannedImage, byDigest map[v1.Hash]*blobJob) {
+	var mu sync.Mutex
+	fail := func(err error) {
+		mu.Lock()
+		defer mu.Unlock()
+		if img.err == nil {
+			img.err = err
+		}
+	}
+	var wg sync.WaitGroup
+	for _, b := range img.blobs {
+		j := byDigest[b.Digest]
+		if img.present[b.Digest] {
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			<-j.done
+			if j.home == img {
+				if j.err != nil {
+					fail(fmt.Errorf("blob %s: %w", b.Digest, j.err))
+				}
+				return
+			}
+			if err := ctx.Err(); err != nil {
+				fail(err)
+				return
+			}
+			to := img.ref.To
+			from := mountSource(j.home.ref.To, to)
+			if j.err != nil {
+				// The upload to the home repository failed: try here, from the source.
+				if from = mountSource(j.src, to); from == nil {
+					c.progress.addTotal(b.Size)
+				}
+			}
+			if _, err := c.up.upload(ctx, to, b, from, c.opener(j.src, b), c.counter(img)); err != nil {
+				fail(fmt.Errorf("blob %s: %w", b.Digest, err))
+			}
+		}()
+	}
+	wg.Wait()
+	if img.err != nil {
+		return
+	}
+	if err := ctx.Err(); err != nil {
+		img.err = err
+		return
+	}
+	if err := c.putManifests(ctx, img); err != nil {
+		img.err = err
+		return
+	}
+	img.arrived = true
+}
+
+// putManifests writes the image manifests of img at once (they need only blobs), then its
+// indexes in order (children before parents), the top-level one under the target tag.
+func (c *copier) putManifests(ctx context.Context, img *plannedImage) error {
+	last := len(img.manifests) - 1
+	put := func(j int) error {
+		m := img.manifests[j]
+		ref := name.Reference(img.ref.To.Digest(m.Digest.String()))
+		if j == last {
+			ref = img.ref.targetRef(m.Digest.String())
+		}
+		if err := c.pusher.Put(ctx, ref, rawManifest{raw: m.Raw, mt: m.MediaType}); err != nil {
+			return fmt.Errorf("writing manifest %s: %w", m.Digest, err)
+		}
+		return nil
+	}
+	errs := make([]error, last)
+	var wg sync.WaitGroup
+	for j := range last {
+		if !img.manifests[j].MediaType.IsIndex() {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				errs[j] = put(j)
+			}()
+		}
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		return err
+	}
+	for j := range last {
+		if img.manifests[j].MediaType.IsIndex() {
+			if err := put(j); err != nil {
+				return err
+			}
+		}
+	}
+	return put(last)
+}
+
+func (c *copier) opener(src name.Repository, d blobDesc) blobOpener {
+	return func(ctx context.Context) (io.ReadCloser, error) { return openBlob(ctx, c.sess, src, d) }
+}
+
+func (c *copier) counter(img *plannedImage) func(int64) {
+	return func(n int64) {
+		img.uploaded.Add(n)
 		c.progress.add(n)
-	}}
+	}
 }

@@ -20,7 +20,7 @@ import (
 type faultConfig struct {
 	// errorRate is the share of requests answered 500, 502, 503 or 429 without reaching the registry.
 	errorRate float64
-	// resetRate is the share of blob uploads (PATCH) and blob downloads whose connection is reset
+	// resetRate is the share of blob uploads (PATCH, or PUT with a body) and blob downloads whose connection is reset
 	// half-way through the blob.
 	resetRate float64
 	// refuse answers matching requests 400.
@@ -90,10 +90,11 @@ func (p *faultProxy) serve(w http.ResponseWriter, r *http.Request) {
 		_, _ = io.WriteString(w, `{"errors":[{"code":"UNAVAILABLE","message":"injected"}]}`)
 		return
 	}
-	isBlob := (r.Method == http.MethodPatch) || (r.Method == http.MethodGet && strings.Contains(r.URL.Path, "/blobs/sha256:"))
+	isUpload := r.Method == http.MethodPatch || (r.Method == http.MethodPut && strings.Contains(r.URL.Path, "/blobs/uploads/") && r.ContentLength > 0)
+	isBlob := isUpload || (r.Method == http.MethodGet && strings.Contains(r.URL.Path, "/blobs/sha256:"))
 	if isBlob && p.cfg.resetRate > 0 && (p.resetOnce.CompareAndSwap(false, true) || p.roll() < p.cfg.resetRate) {
 		p.resets.Add(1)
-		if r.Method == http.MethodPatch {
+		if isUpload {
 			// Read part of the blob, then drop the connection.
 			_, _ = io.CopyN(io.Discard, r.Body, max(r.ContentLength/2, 1))
 			reset(w)

@@ -34,17 +34,46 @@ type testRegistry struct {
 
 func newTestRegistry(t *testing.T) *testRegistry {
 	t.Helper()
+	return newTestRegistryMounting(t, true)
+}
+
+// newTestRegistryMounting is a test registry that answers cross-repository mounts (as
+// distribution does) or declines every one (202, as a registry does when the identity may not
+// read the other repository).
+func newTestRegistryMounting(t *testing.T, mounts bool) *testRegistry {
+	t.Helper()
 	r := &testRegistry{}
 	h := registry.New(registry.Logger(log.New(io.Discard, "", 0)))
 	r.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
 		r.mu.Lock()
 		r.reqs = append(r.reqs, req.Method+" "+req.URL.Path+"?"+req.URL.RawQuery)
 		r.mu.Unlock()
+		if mounts && mountBlob(h, w, req) {
+			return
+		}
 		h.ServeHTTP(w, req)
 	}))
 	t.Cleanup(r.Close)
 	r.Host = strings.TrimPrefix(r.URL, "http://")
 	return r
+}
+
+// mountBlob answers a cross-repository mount as distribution does (go-containerregistry's
+// in-memory registry ignores mount requests): 201 when the blob is in the from repository.
+func mountBlob(h http.Handler, w http.ResponseWriter, req *http.Request) bool {
+	q := req.URL.Query()
+	if req.Method != http.MethodPost || q.Get("mount") == "" || q.Get("from") == "" || !strings.HasSuffix(req.URL.Path, "/blobs/uploads/") {
+		return false
+	}
+	head := httptest.NewRecorder()
+	h.ServeHTTP(head, httptest.NewRequest(http.MethodHead, "/v2/"+q.Get("from")+"/blobs/"+q.Get("mount"), nil))
+	if head.Code != http.StatusOK {
+		return false
+	}
+	w.Header().Set("Location", strings.TrimSuffix(req.URL.Path, "uploads/")+q.Get("mount"))
+	w.Header().Set("Docker-Content-Digest", q.Get("mount"))
+	w.WriteHeader(http.StatusCreated)
+	return true
 }
 
 func (r *testRegistry) reset() {
@@ -67,7 +96,12 @@ func (r *testRegistry) count(match func(string) bool) int {
 }
 
 func isUpload(s string) bool {
-	return strings.HasPrefix(s, "PATCH ") || (strings.HasPrefix(s, "POST ") && strings.Contains(s, "/blobs/uploads/") && !strings.Contains(s, "mount="))
+	return strings.HasPrefix(s, "PATCH ") || isBlobPut(s) || (strings.HasPrefix(s, "POST ") && strings.Contains(s, "/blobs/uploads/") && !strings.Contains(s, "mount="))
+}
+
+// isBlobPut is a PUT that completes a blob upload.
+func isBlobPut(s string) bool {
+	return strings.HasPrefix(s, "PUT ") && strings.Contains(s, "/blobs/uploads/")
 }
 
 // fixture is three source images: an index for two platforms, and two images sharing a layer.

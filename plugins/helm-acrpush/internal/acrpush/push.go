@@ -181,8 +181,8 @@ func Push(ctx context.Context, chartPath string, dst Destination, opts ...Option
 	// 2. Resolve every source image and check every target (after signing in).
 	sess := newSessions(transport.NewUserAgent(rt, o.UserAgent), kc,
 		remote.WithJobs(o.Jobs),
-		// A whole blob upload is restarted more often than a single request is retried: a dropped
-		// connection half-way through a large blob cannot be resumed.
+		// Manifest writes go again on the schedule blob uploads restart on (blobUploader), after
+		// the retrying transport has tried each request.
 		remote.WithRetryBackoff(remote.Backoff{Duration: o.Retry.Initial, Factor: 1.3, Jitter: 0.2, Steps: max(2*o.Retry.Attempts, 15)}),
 	)
 	for _, r := range refs {
@@ -266,15 +266,18 @@ func Push(ctx context.Context, chartPath string, dst Destination, opts ...Option
 	if err != nil {
 		return nil, registryError(dst.Registry, err)
 	}
+	bar := newProgressBar(o.Progress)
+	up := &blobUploader{sess: sess, retry: o.Retry, log: log, progress: bar}
 	if res.Chart != nil && res.Chart.Action == ActionWouldPush {
-		go func() { chartBlobs <- chartArt.uploadBlobs(ctx, pusher, chartRef, func(k int64) { chartBytes.Add(k) }) }()
+		go func() {
+			chartBlobs <- chartArt.uploadBlobs(ctx, up, sess, chartRef, func(k int64) { chartBytes.Add(k) })
+		}()
 	} else {
 		chartBlobs <- nil
 	}
 	if len(todo) > 0 {
-		bar := newProgressBar(o.Progress)
 		bar.start()
-		cp := &copier{sess: sess, pusher: pusher, jobs: o.Jobs, progress: bar, log: log}
+		cp := &copier{sess: sess, up: up, pusher: pusher, jobs: o.Jobs, progress: bar, log: log}
 		cp.copy(ctx, todo)
 		bar.finish()
 	}
@@ -402,6 +405,12 @@ func plan(ctx context.Context, sess *sessions, refs []*imageRef, o *Options, wai
 				errs[i] = fmt.Errorf("%s already exists with digest %s, not %s as in %s (use --force to replace it)", r.Target(), existing, img.digest, r.Source)
 			default:
 				img.action = ActionWouldPush
+				if !o.DryRun {
+					if err := checkBlobs(ctx, sess, img, o.Jobs); err != nil {
+						errs[i] = err
+						return
+					}
+				}
 			}
 			images[i] = img
 		}()

@@ -55,8 +55,15 @@ func TestPushChartAndImages(t *testing.T) {
 		}
 	}
 	// Every distinct blob was uploaded once; the shared layer was mounted into the second repo.
-	if got := dst.count(func(s string) bool { return strings.HasPrefix(s, "PATCH ") }); got != f.distinctBlobs+2 {
-		t.Errorf("PATCH uploads = %d, want %d (distinct image blobs + chart config + chart layer)", got, f.distinctBlobs+2)
+	// Each upload is one POST and one PUT carrying the blob: no PATCH, no HEAD in between.
+	if got := dst.count(isBlobPut); got != f.distinctBlobs+2 {
+		t.Errorf("blob PUT uploads = %d, want %d (distinct image blobs + chart config + chart layer)", got, f.distinctBlobs+2)
+	}
+	if got := dst.count(func(s string) bool { return strings.HasPrefix(s, "PATCH ") }); got != 0 {
+		t.Errorf("PATCH requests = %d, want 0", got)
+	}
+	if got := dst.count(func(s string) bool { return strings.Contains(s, "/blobs/uploads/?") && strings.Contains(s, "mount=") }); got != 1 || res.Transfer.BlobMounts != 1 {
+		t.Errorf("mount requests = %d, reported mounts %d; want the shared layer mounted once", got, res.Transfer.BlobMounts)
 	}
 	if res.Chart == nil || res.Chart.Action != ActionPushed || res.Chart.Reference != dst.Host+"/mirror/shop:0.3.0" {
 		t.Fatalf("chart = %+v", res.Chart)
@@ -240,5 +247,29 @@ func TestCopyFailureKeepsChartOut(t *testing.T) {
 	}
 	if skipped != 2 || res.Chart.Action != ActionPushed {
 		t.Errorf("rerun: %+v %+v", res.Images, res.Chart)
+	}
+}
+
+// TestPushWhenMountsAreDeclined: a registry that declines the mount of the shared layer gets it
+// uploaded instead, and the push still completes with the source's digests.
+func TestPushWhenMountsAreDeclined(t *testing.T) {
+	f := newFixture(t, 1024)
+	dst := newTestRegistryMounting(t, false)
+	chartDir := f.writeChart(t)
+	res, err := Push(ctxT(t), chartDir, Destination{Registry: dst.Host}, anonymous(), fastRetry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := dst.count(func(s string) bool { return strings.Contains(s, "mount=") }); got != 1 {
+		t.Errorf("mount requests = %d, want 1", got)
+	}
+	if got := dst.count(isBlobPut); got != f.distinctBlobs+3 || res.Transfer.BlobMounts != 0 {
+		t.Errorf("blob uploads = %d (want %d: the shared layer twice), reported mounts %d", got, f.distinctBlobs+3, res.Transfer.BlobMounts)
+	}
+	want := map[string]string{"team/web:1.0": f.indexDigest.String(), "team/api:2.1": f.apiDigest.String(), "team/worker:2.1": f.workerDigest.String()}
+	for suffix, dg := range want {
+		if got := digestAt(t, dst.Host+"/"+suffix); got != dg {
+			t.Errorf("%s: digest %q, want %s", suffix, got, dg)
+		}
 	}
 }
