@@ -30,8 +30,8 @@ tools: ## Build (once, cached outside git) the platform's upstream binaries
 	@bash test/platform/tools.sh >/dev/null
 
 .PHONY: unit
-unit: ## Unit tests (no platform needed)
-	go test -count=1 $(UNIT_PKGS)
+unit: ## Unit tests, with the race detector (no platform needed)
+	go test -race -count=1 $(UNIT_PKGS)
 	cd test/platform && go test -count=1 ./...
 
 .PHONY: e2e

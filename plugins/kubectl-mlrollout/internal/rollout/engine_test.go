@@ -93,6 +93,14 @@ func newFakeCluster(t *testing.T, objs ...runtime.Object) *fakeCluster {
 	return fc
 }
 
+// prependReactor adds a reactor while the cluster runs: the fake clientset reads its chain under
+// its lock, and PrependReactor alone does not take it.
+func (fc *fakeCluster) prependReactor(verb, resource string, r k8stesting.ReactionFunc) {
+	fc.kube.Lock()
+	defer fc.kube.Unlock()
+	fc.kube.PrependReactor(verb, resource, r)
+}
+
 // updateDeployment makes Deployment updates behave like the API server's: a resourceVersion
 // precondition (409 Conflict), a new resourceVersion per write, and status writes that touch only
 // the status while spec writes keep it.
@@ -575,7 +583,7 @@ func TestClaimOwnership(t *testing.T) {
 func TestConflictsAreRetried(t *testing.T) {
 	h := newHarness(t)
 	var conflicts atomic.Int32
-	h.fc.kube.PrependReactor("update", "deployments", func(a k8stesting.Action) (bool, runtime.Object, error) {
+	h.fc.prependReactor("update", "deployments", func(a k8stesting.Action) (bool, runtime.Object, error) {
 		u := a.(k8stesting.UpdateAction)
 		if u.GetSubresource() == "" && u.GetObject().(*appsv1.Deployment).Name == "mlapp" && conflicts.Add(1)%3 == 1 {
 			return true, nil, apierrors.NewConflict(schema.GroupResource{Group: "apps", Resource: "deployments"}, "mlapp", errors.New("the object has been modified"))
@@ -584,7 +592,7 @@ func TestConflictsAreRetried(t *testing.T) {
 	})
 	// State writes are patches: every third is refused as if its test had failed (422).
 	var refusals atomic.Int32
-	h.fc.kube.PrependReactor("patch", "deployments", func(a k8stesting.Action) (bool, runtime.Object, error) {
+	h.fc.prependReactor("patch", "deployments", func(a k8stesting.Action) (bool, runtime.Object, error) {
 		if a.(k8stesting.PatchAction).GetName() == "mlapp" && refusals.Add(1)%3 == 1 {
 			return true, nil, apierrors.NewGenericServerResponse(http.StatusUnprocessableEntity, "patch", schema.GroupResource{Group: "apps", Resource: "deployments"}, "mlapp", "test failed", 0, false)
 		}
@@ -645,7 +653,7 @@ func TestHPAIsRespected(t *testing.T) {
 	}
 	h := newHarness(t, d, hpa)
 	var stableWritten atomic.Bool
-	h.fc.kube.PrependReactor("update", "deployments", func(a k8stesting.Action) (bool, runtime.Object, error) {
+	h.fc.prependReactor("update", "deployments", func(a k8stesting.Action) (bool, runtime.Object, error) {
 		u := a.(k8stesting.UpdateAction)
 		if dd := u.GetObject().(*appsv1.Deployment); dd.Name == "mlapp" && u.GetSubresource() == "" && *dd.Spec.Replicas != 4 {
 			stableWritten.Store(true)
