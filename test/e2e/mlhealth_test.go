@@ -242,6 +242,28 @@ spec:
 	if res = mlhealth(t, e, nil, "sentiment", "-n", ns, "-o", "yaml"); res.Code != 0 || !strings.Contains(res.Stdout, "status: Healthy\n") {
 		t.Errorf("yaml: exit %d\n%s", res.Code, res.Stdout)
 	}
+
+	// A Warning event from ten minutes ago is trouble inside --since for a report, but does not
+	// hold --wait-healthy, which asks whether the app is healthy from now on.
+	at := time.Now().Add(-10 * time.Minute).UTC().Format(time.RFC3339)
+	e.Apply(t, ns, fmt.Sprintf(`apiVersion: v1
+kind: Event
+metadata: {name: sentiment.probe}
+involvedObject: {apiVersion: apps/v1, kind: Deployment, name: sentiment, namespace: %s}
+type: Warning
+reason: ProgressDeadlineExceeded
+message: earlier rollout stalled
+count: 2
+firstTimestamp: %q
+lastTimestamp: %q
+source: {component: e2e}
+`, ns, at, at))
+	if res = mlhealth(t, e, nil, "sentiment", "-n", ns, "--fail-on", "warning"); res.Code != 2 || !strings.Contains(res.Stdout, "2 Warning events in the last 1h: ProgressDeadlineExceeded") {
+		t.Errorf("report with an old Warning event: exit %d\n%s%s", res.Code, res.Stdout, res.Stderr)
+	}
+	if res = mlhealth(t, e, nil, "sentiment", "-n", ns, "--wait-healthy", "--timeout", "30s", "--interval", "1s"); res.Code != 0 {
+		t.Errorf("--wait-healthy held by a Warning event from before the wait: exit %d\n%s%s", res.Code, res.Stdout, res.Stderr)
+	}
 }
 
 func TestMLHealthFindings(t *testing.T) {

@@ -95,7 +95,8 @@ type HealthOptions struct {
 	AzureCredential       string
 	NoColor               bool
 
-	intervalOrTimeoutSet bool // --interval or --timeout given: they need -w or --wait-healthy
+	intervalOrTimeoutSet bool      // --interval or --timeout given: they need -w or --wait-healthy
+	troubleSince         time.Time // with --wait-healthy: when the wait began
 
 	// Filled by Complete; tests set the sources and the clock before Run.
 	App       string
@@ -292,6 +293,11 @@ func (o *HealthOptions) Run(ctx context.Context) error {
 		}
 		return o.outcome(r)
 	}
+	if o.WaitHealthy {
+		// Trouble from before the wait (Warning events, restarts, OOM kills within --since) does
+		// not hold it: the question is whether the app is healthy now, as after a rollout.
+		o.troubleSince = o.Now()
+	}
 	var last *health.Report
 	lastSummary := ""
 	terminal := printers.IsTerminal(o.Out)
@@ -478,7 +484,7 @@ func (o *HealthOptions) collect(ctx context.Context) (health.Report, error) {
 	}
 	wg.Wait()
 	opts := health.Options{App: o.App, Selector: o.selector, SelectorText: o.Selector, Namespace: ns,
-		AllNamespaces: o.AllNamespaces, Since: o.since, Now: at}
+		AllNamespaces: o.AllNamespaces, Since: o.since, Now: at, TroubleSince: o.troubleSince}
 	return health.Build(health.Input{Kube: k, Samples: samples, History: history,
 		Sources: []health.Source{kubeSrc, metricSrc, logSrc}}, opts), nil
 }

@@ -215,7 +215,8 @@ func TestWaitHealthy(t *testing.T) {
 	if !errors.As(err, &ee) || ee.Code != ExitTimeout || !strings.Contains(err.Error(), `timed out after 300ms waiting for app "crash" in namespace "ml" to be healthy: Critical`) {
 		t.Errorf("error = %v", err)
 	}
-	if !strings.Contains(errOut.String(), `waiting for app "crash" in namespace "ml": Critical (2 critical, 1 warning: CrashLoopBackOff, OOMKilled, ReplicasUnavailable)`) {
+	// The OOM kill before the wait does not count; the crash loop going on does.
+	if !strings.Contains(errOut.String(), `waiting for app "crash" in namespace "ml": Critical (2 critical, 0 warning: CrashLoopBackOff, ReplicasUnavailable)`) {
 		t.Errorf("stderr = %q", errOut.String())
 	}
 	if strings.Count(errOut.String(), "waiting for") != 1 {
@@ -231,6 +232,62 @@ func TestWaitHealthy(t *testing.T) {
 	}
 	if strings.Count(out.String(), `"generatedAt"`) != 1 {
 		t.Errorf("want one report, got %s", out.String())
+	}
+}
+
+// TestWaitHealthyIgnoresTroubleBeforeTheWait: a Warning event from before the wait makes a
+// one-shot report Warning, but does not hold --wait-healthy until it leaves --since.
+func TestWaitHealthyIgnoresTroubleBeforeTheWait(t *testing.T) {
+	event := func(at time.Time) *corev1.Event {
+		return &corev1.Event{
+			ObjectMeta:     metav1.ObjectMeta{Name: "probe", Namespace: "ml"},
+			InvolvedObject: corev1.ObjectReference{Kind: "Pod", Name: "sentiment-7d9f-aaaaa", Namespace: "ml"},
+			Type:           corev1.EventTypeWarning, Reason: "Unhealthy", Message: "Readiness probe failed: connection refused",
+			Count: 3, LastTimestamp: metav1.NewTime(at),
+		}
+	}
+	withEvent := func(o *HealthOptions, s *fixture.Scenario, at time.Time) {
+		k := s.Kube
+		objs := []runtime.Object{&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "ml"}}, event(at)}
+		for i := range k.Deployments {
+			objs = append(objs, &k.Deployments[i])
+		}
+		for i := range k.ReplicaSets {
+			objs = append(objs, &k.ReplicaSets[i])
+		}
+		for i := range k.Pods {
+			objs = append(objs, &k.Pods[i])
+		}
+		o.Kube = &sources.Kubernetes{Client: k8sfake.NewClientset(objs...)}
+	}
+
+	o, out, _, s := newOptions(t, "healthy")
+	withEvent(o, s, now.Add(-10*time.Minute))
+	err := run(o, "sentiment", "--fail-on", "warning")
+	if cliutil.ExitCode(err) != ExitFindings || !strings.Contains(out.String(), "3 Warning events in the last 1h: Unhealthy") {
+		t.Fatalf("one-shot report: err %v\n%s", err, out.String())
+	}
+
+	o, out, _, s = newOptions(t, "healthy")
+	withEvent(o, s, now.Add(-10*time.Minute))
+	if err := run(o, "sentiment", "--wait-healthy", "--timeout", "2s", "--interval", "50ms"); err != nil {
+		t.Fatalf("--wait-healthy held by an event from before the wait: %v\n%s", err, out.String())
+	}
+
+	// Trouble after the wait began still holds it.
+	o, out, _, s = newOptions(t, "healthy")
+	withEvent(o, s, now.Add(time.Second))
+	calls := 0
+	o.Now = func() time.Time {
+		calls++
+		if calls == 1 {
+			return now // the wait begins
+		}
+		return now.Add(2 * time.Second)
+	}
+	err = run(o, "sentiment", "--wait-healthy", "--timeout", "300ms", "--interval", "50ms")
+	if cliutil.ExitCode(err) != ExitTimeout || !strings.Contains(out.String(), "Warning events in the last 2s: Unhealthy") {
+		t.Errorf("trouble after the wait began: err %v\n%s", err, out.String())
 	}
 }
 

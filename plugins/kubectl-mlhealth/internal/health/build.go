@@ -116,6 +116,9 @@ func newBuilder(in Input, o Options) *builder {
 		podOwner:    map[string]string{},
 		nodes:       map[string]*corev1.Node{},
 	}
+	if o.TroubleSince.After(b.windowStart) {
+		b.windowStart = o.TroubleSince
+	}
 	for i := range in.Kube.ReplicaSets {
 		rs := &in.Kube.ReplicaSets[i]
 		if ref := controllerOf(rs.OwnerReferences); ref != nil && ref.Kind == "Deployment" {
@@ -303,11 +306,16 @@ func (b *builder) deployment(d *appsv1.Deployment, workload string) depStats {
 	b.metricRules(d, &st, fb)
 	if st.restarts >= HighRestartsThreshold && !fb.has("CrashLoopBackOff") {
 		fb.add(SeverityWarning, "HighRestarts", "deployment/"+d.Name,
-			fmt.Sprintf("%d container restarts in the last %s", st.restarts, shortDuration(b.o.Since)),
+			fmt.Sprintf("%d container restarts in the last %s", st.restarts, b.window()),
 			fmt.Sprintf("look at the previous logs: kubectl logs -n %s deploy/%s --previous; check liveness probes and memory limits", d.Namespace, d.Name))
 	}
 	st.findings = fb.out()
 	return st
+}
+
+// window is how far back past trouble is counted, for messages.
+func (b *builder) window() string {
+	return shortDuration(b.o.Now.Sub(b.windowStart))
 }
 
 func (b *builder) inWindow(t time.Time) bool {
@@ -734,7 +742,7 @@ func (b *builder) eventRules(d *appsv1.Deployment, st *depStats, fb *findingsBui
 		parts = append(parts, fmt.Sprintf("%s x%d (%s)", s.reason, s.count, s.message))
 	}
 	fb.add(SeverityWarning, "WarningEvents", "deployment/"+d.Name,
-		fmt.Sprintf("%d Warning %s in the last %s: %s", total, plural(total, "event", "events"), shortDuration(b.o.Since), strings.Join(parts, "; ")),
+		fmt.Sprintf("%d Warning %s in the last %s: %s", total, plural(total, "event", "events"), b.window(), strings.Join(parts, "; ")),
 		fmt.Sprintf("kubectl events -n %s --types=Warning", d.Namespace))
 }
 

@@ -121,4 +121,8 @@ type Options struct {
 	AllNamespaces bool
 	Since         time.Duration
 	Now           time.Time
+	// TroubleSince, when later than Now-Since, starts the window of past trouble (Warning events,
+	// container restarts, OOM kills) there instead: --wait-healthy waits for the app to be healthy
+	// from when it began, not for trouble before it to age out of --since.
+	TroubleSince time.Time
 }
