@@ -10,7 +10,6 @@ import (
 	"net"
 	"net/http"
 	"net/url"
-	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -251,8 +250,10 @@ func checkBlobs(ctx context.Context, sess *sessions, img *plannedImage, jobs int
 		}()
 	}
 	wg.Wait()
-	if err := errors.Join(errs...); err != nil {
-		return registryError(img.ref.To.RegistryStr(), errs[slices.IndexFunc(errs, func(e error) bool { return e != nil })])
+	for _, err := range errs {
+		if err != nil {
+			return registryError(img.ref.To.RegistryStr(), err)
+		}
 	}
 	img.present = map[v1.Hash]bool{}
 	for i, b := range img.blobs {
