@@ -3,7 +3,6 @@ package e2e
 import (
 	"context"
 	"crypto/rand"
-	"crypto/tls"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -741,73 +740,39 @@ func TestACRPushThroughFaultsToACR(t *testing.T) {
 	}
 }
 
-// acrFaultProxy relays to the ACR emulator with faults. The token exchange names the emulator as
-// its service (the proxy rewrites it, as a gateway in front of a registry would present the
-// registry's name), and absolute upload Locations and the token realm point back at the proxy.
+// acrFaultProxy relays to the ACR emulator (framework.ACRRelay) with faults: every fifth request
+// answered 5xx or 429, every fifth blob body cut half-way by a reset connection.
 func (e *apEnv) acrFaultProxy(t *testing.T) string {
 	t.Helper()
-	dir := filepath.Join(e.env.Vars["PLATFORM_DIR"], "azure")
-	cert, err := tls.LoadX509KeyPair(filepath.Join(dir, "tls.pem"), filepath.Join(dir, "tls-key.pem"))
-	if err != nil {
-		t.Fatalf("emulator certificate: %v", err)
-	}
 	var reqs, uploads, errorsN, resets atomic.Int64
-	var self string
-	rp := &httputil.ReverseProxy{
-		Rewrite: func(pr *httputil.ProxyRequest) {
-			pr.SetURL(&url.URL{Scheme: "https", Host: e.acr})
-			pr.Out.Host = e.acr
-		},
-		ModifyResponse: func(resp *http.Response) error {
-			if loc := resp.Header.Get("Location"); loc != "" {
-				resp.Header.Set("Location", strings.Replace(loc, "https://"+e.acr, "https://"+self, 1))
-			}
-			// Token requests go through the proxy too (clients refuse a realm on another private host).
-			if ch := resp.Header.Get("Www-Authenticate"); ch != "" {
-				resp.Header.Set("Www-Authenticate", strings.Replace(ch, "realm=\"https://"+e.acr, "realm=\"https://"+self, 1))
-			}
-			return nil
-		},
-		Transport: e.transport,
-		ErrorLog:  log.New(io.Discard, "", 0),
-	}
-	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.URL.Path == "/oauth2/exchange" {
-			_ = r.ParseForm()
-			r.PostForm.Set("service", e.acr)
-			body := r.PostForm.Encode()
-			r.Body = io.NopCloser(strings.NewReader(body))
-			r.ContentLength = int64(len(body))
-		}
-		if r.URL.Path != "/v2/" && reqs.Add(1)%5 == 0 {
-			code := []int{500, 502, 503, 429}[errorsN.Add(1)%4]
-			if code == 429 {
-				w.Header().Set("Retry-After", "1")
-			}
-			_, _ = io.Copy(io.Discard, r.Body)
-			w.WriteHeader(code)
-			return
-		}
-		// Blob bodies: a PATCH, or a PUT carrying the whole blob.
-		isUpload := r.Method == http.MethodPatch || (r.Method == http.MethodPut && strings.Contains(r.URL.Path, "/blobs/uploads/") && r.ContentLength > 0)
-		if isUpload && uploads.Add(1)%5 == 2 {
-			resets.Add(1)
-			_, _ = io.CopyN(io.Discard, r.Body, max(r.ContentLength/2, 1))
-			if conn, _, err := w.(http.Hijacker).Hijack(); err == nil {
-				if tc, ok := conn.(*net.TCPConn); ok {
-					_ = tc.SetLinger(0)
+	self := e.env.ACRRelay(t, e.transport, func(relay http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if r.URL.Path != "/v2/" && reqs.Add(1)%5 == 0 {
+				code := []int{500, 502, 503, 429}[errorsN.Add(1)%4]
+				if code == 429 {
+					w.Header().Set("Retry-After", "1")
 				}
-				conn.Close()
+				_, _ = io.Copy(io.Discard, r.Body)
+				w.WriteHeader(code)
+				return
 			}
-			return
-		}
-		rp.ServeHTTP(w, r)
-	}))
-	srv.TLS = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
-	srv.StartTLS()
-	self = strings.TrimPrefix(srv.URL, "https://")
+			// Blob bodies: a PATCH, or a PUT carrying the whole blob.
+			isUpload := r.Method == http.MethodPatch || (r.Method == http.MethodPut && strings.Contains(r.URL.Path, "/blobs/uploads/") && r.ContentLength > 0)
+			if isUpload && uploads.Add(1)%5 == 2 {
+				resets.Add(1)
+				_, _ = io.CopyN(io.Discard, r.Body, max(r.ContentLength/2, 1))
+				if conn, _, err := w.(http.Hijacker).Hijack(); err == nil {
+					if tc, ok := conn.(*net.TCPConn); ok {
+						_ = tc.SetLinger(0)
+					}
+					conn.Close()
+				}
+				return
+			}
+			relay.ServeHTTP(w, r)
+		})
+	})
 	t.Cleanup(func() {
-		srv.Close()
 		t.Logf("ACR fault proxy injected %d errors and %d resets", errorsN.Load(), resets.Load())
 		if errorsN.Load() == 0 || resets.Load() == 0 {
 			t.Error("the fault proxy injected nothing; the test proves nothing")
