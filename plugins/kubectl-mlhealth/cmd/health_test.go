@@ -55,7 +55,17 @@ func newOptions(t *testing.T, scenario string) (*HealthOptions, *bytes.Buffer, *
 	if err != nil {
 		t.Fatal(err)
 	}
-	objs := []runtime.Object{&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "ml"}}}
+	streams, _, out, errOut := genericiooptions.NewTestIOStreams()
+	o := NewHealthOptions(genericclioptions.NewConfigFlags(false), streams)
+	o.Kube = &sources.Kubernetes{Client: k8sfake.NewClientset(scenarioObjects(s)...)}
+	o.Namespace = "ml"
+	o.Now = func() time.Time { return now }
+	return o, out, errOut, s
+}
+
+// scenarioObjects is the namespace ml, the scenario's objects and extra, for a fake clientset.
+func scenarioObjects(s *fixture.Scenario, extra ...runtime.Object) []runtime.Object {
+	objs := append([]runtime.Object{&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "ml"}}}, extra...)
 	k := s.Kube
 	for i := range k.Deployments {
 		objs = append(objs, &k.Deployments[i])
@@ -81,12 +91,7 @@ func newOptions(t *testing.T, scenario string) (*HealthOptions, *bytes.Buffer, *
 	for i := range k.Events {
 		objs = append(objs, &k.Events[i])
 	}
-	streams, _, out, errOut := genericiooptions.NewTestIOStreams()
-	o := NewHealthOptions(genericclioptions.NewConfigFlags(false), streams)
-	o.Kube = &sources.Kubernetes{Client: k8sfake.NewClientset(objs...)}
-	o.Namespace = "ml"
-	o.Now = func() time.Time { return now }
-	return o, out, errOut, s
+	return objs
 }
 
 func run(o *HealthOptions, args ...string) error {
@@ -247,18 +252,7 @@ func TestWaitHealthyIgnoresTroubleBeforeTheWait(t *testing.T) {
 		}
 	}
 	withEvent := func(o *HealthOptions, s *fixture.Scenario, at time.Time) {
-		k := s.Kube
-		objs := []runtime.Object{&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "ml"}}, event(at)}
-		for i := range k.Deployments {
-			objs = append(objs, &k.Deployments[i])
-		}
-		for i := range k.ReplicaSets {
-			objs = append(objs, &k.ReplicaSets[i])
-		}
-		for i := range k.Pods {
-			objs = append(objs, &k.Pods[i])
-		}
-		o.Kube = &sources.Kubernetes{Client: k8sfake.NewClientset(objs...)}
+		o.Kube = &sources.Kubernetes{Client: k8sfake.NewClientset(scenarioObjects(s, event(at))...)}
 	}
 
 	o, out, _, s := newOptions(t, "healthy")
