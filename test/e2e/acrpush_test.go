@@ -745,7 +745,7 @@ func TestACRPushThroughFaultsToACR(t *testing.T) {
 func (e *apEnv) acrFaultProxy(t *testing.T) string {
 	t.Helper()
 	var reqs, uploads, errorsN, resets atomic.Int64
-	self := e.env.ACRRelay(t, e.transport, func(relay http.Handler) http.Handler {
+	self := e.env.ACRRelay(t, e.transport, framework.RelayOptions{Wrap: func(relay http.Handler) http.Handler {
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			if r.URL.Path != "/v2/" && reqs.Add(1)%5 == 0 {
 				code := []int{500, 502, 503, 429}[errorsN.Add(1)%4]
@@ -771,7 +771,7 @@ func (e *apEnv) acrFaultProxy(t *testing.T) string {
 			}
 			relay.ServeHTTP(w, r)
 		})
-	})
+	}})
 	t.Cleanup(func() {
 		t.Logf("ACR fault proxy injected %d errors and %d resets", errorsN.Load(), resets.Load())
 		if errorsN.Load() == 0 || resets.Load() == 0 {
