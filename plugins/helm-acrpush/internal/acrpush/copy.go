@@ -525,7 +525,10 @@ func (c *copier) finish(ctx context.Context, img *plannedImage, byDigest map[v1.
 		go func() {
 			defer wg.Done()
 			<-j.done
-			if j.home == img {
+			// Another image bound for the same repository (a second tag) needs nothing more
+			// once the blob is there.
+			sameRepo := j.home.ref.To.Name() == img.ref.To.Name()
+			if j.home == img || (sameRepo && j.err == nil) {
 				if j.err != nil {
 					fail(fmt.Errorf("blob %s: %w", b.Digest, j.err))
 				}

@@ -273,3 +273,35 @@ func TestPushWhenMountsAreDeclined(t *testing.T) {
 		}
 	}
 }
+
+// TestPushTwoTagsOfOneRepository: two images bound for the same target repository share blobs;
+// each blob is uploaded once into that repository, never again for the second tag, and the
+// other repository that needs them mounts them.
+func TestPushTwoTagsOfOneRepository(t *testing.T) {
+	f := newFixture(t, 1024)
+	// team/api:2.2 is the worker image (the shared layer, worker's own layer and config) in api's repository.
+	second := f.src.Host + "/team/api:2.2"
+	if err := pushImage(second, f.worker); err != nil {
+		t.Fatal(err)
+	}
+	dst := newTestRegistry(t)
+	chartDir := f.writeChart(t)
+	res, err := Push(ctxT(t), chartDir, Destination{Registry: dst.Host}, anonymous(), fastRetry(), WithImages(second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res.Images) != 4 {
+		t.Fatalf("images = %+v", res.Images)
+	}
+	if got := digestAt(t, dst.Host+"/team/api:2.2"); got != f.workerDigest.String() {
+		t.Errorf("team/api:2.2 = %q, want %s", got, f.workerDigest)
+	}
+	// The same 11 distinct blobs as without the second tag (+ the chart's two); the worker's
+	// blobs and the shared layer reach the repository they are not uploaded to by mounts.
+	if got := dst.count(isBlobPut); got != f.distinctBlobs+2 {
+		t.Errorf("blob PUT uploads = %d, want %d: a blob went twice into one repository", got, f.distinctBlobs+2)
+	}
+	if got := dst.count(func(s string) bool { return strings.Contains(s, "mount=") }); got != 3 || res.Transfer.BlobMounts != 3 {
+		t.Errorf("mounts = %d requested, %d reported; want 3 (shared layer, worker's layer and config into the other repository)", got, res.Transfer.BlobMounts)
+	}
+}
