@@ -46,7 +46,9 @@ StatefulSets, DaemonSets, ReplicaSets, Jobs, CronJobs and Pods), of the artifact
 annotation and of --image are copied to REGISTRY/PREFIX/<repository path> with their tag, by
 digest. Everything is checked before anything is written, and the chart is pushed last, only when
 every image arrived. Images and charts already there with the same digest are skipped; a tag that
-points at another digest is an error unless --force.
+points at another digest is an error unless --force. With --referrers, the signatures, SBOMs and
+attestations that refer to each image (OCI referrers, through the Referrers API or its tag schema)
+travel with it, before its tag is written.
 
 REGISTRY is a login server (myacr.azurecr.io) or a bare ACR name (myacr).
 
@@ -57,6 +59,9 @@ var pushExample = `  # Push a chart directory and its images to myacr.azurecr.io
 
   # Show what would be pushed, as JSON
   %[1]s mlapp-1.2.0.tgz myacr.azurecr.io --dry-run -o json
+
+  # Copy the images' Notation or cosign signatures and SBOMs along with them
+  %[1]s ./charts/mlapp myacr/prod --referrers
 
   # Only amd64 and arm64, and write a values overlay that pins the copies by digest
   %[1]s ./charts/mlapp myacr --platform linux/amd64,linux/arm64 --values-out pinned.yaml`
@@ -71,6 +76,7 @@ type PushOptions struct {
 	SetValues      []string
 	ChartOnly      bool
 	ImagesOnly     bool
+	Referrers      bool
 	Images         []string
 	Exclude        string
 	Platforms      []string
@@ -135,6 +141,7 @@ func (o *PushOptions) AddFlags(cmd *cobra.Command) {
 	f.BoolVar(&o.ChartOnly, "chart-only", o.ChartOnly, "Push the chart only, no images")
 	f.BoolVar(&o.ImagesOnly, "images-only", o.ImagesOnly, "Push the images only, not the chart")
 	f.StringArrayVar(&o.Images, "image", o.Images, "Also push this image (can be repeated)")
+	f.BoolVar(&o.Referrers, "referrers", o.Referrers, "Also copy what refers to each image (signatures, SBOMs, attestations: OCI referrers), by digest")
 	f.StringVar(&o.Exclude, "exclude", o.Exclude, "Skip images whose source reference matches this regular expression")
 	f.StringSliceVar(&o.Platforms, "platform", o.Platforms, "Copy only these platforms of multi-platform images (os/arch[/variant], comma-separated; default all)")
 	f.IntVar(&o.Jobs, "jobs", o.Jobs, "Number of blobs over 1 MB transferred in parallel (smaller ones, such as configs, go alongside)")
@@ -225,8 +232,8 @@ func (o *PushOptions) Validate() error {
 	if o.ChartOnly && o.ImagesOnly {
 		return errors.New("--chart-only and --images-only cannot be used together")
 	}
-	if o.ChartOnly && (len(o.Images) > 0 || len(o.platforms) > 0 || o.Exclude != "") {
-		return errors.New("--chart-only pushes no image: --image, --platform and --exclude do not apply")
+	if o.ChartOnly && (len(o.Images) > 0 || len(o.platforms) > 0 || o.Exclude != "" || o.Referrers) {
+		return errors.New("--chart-only pushes no image: --image, --platform, --exclude and --referrers do not apply")
 	}
 	if o.Jobs < 1 {
 		return fmt.Errorf("--jobs must be at least 1, not %d", o.Jobs)
@@ -288,7 +295,7 @@ func (o *PushOptions) Run(ctx context.Context) (err error) {
 	if o.exclude != nil {
 		opts = append(opts, acrpush.WithExclude(o.exclude))
 	}
-	for flag, opt := range map[*bool]acrpush.Option{&o.DryRun: acrpush.DryRun, &o.Force: acrpush.Force, &o.ChartOnly: acrpush.ChartOnly, &o.ImagesOnly: acrpush.ImagesOnly, &o.PlainHTTP: acrpush.PlainHTTP} {
+	for flag, opt := range map[*bool]acrpush.Option{&o.DryRun: acrpush.DryRun, &o.Force: acrpush.Force, &o.ChartOnly: acrpush.ChartOnly, &o.ImagesOnly: acrpush.ImagesOnly, &o.PlainHTTP: acrpush.PlainHTTP, &o.Referrers: acrpush.Referrers} {
 		if *flag {
 			opts = append(opts, opt)
 		}
@@ -366,6 +373,9 @@ func (o *PushOptions) print(res *acrpush.Result) error {
 	fmt.Fprintln(tw, "ARTIFACT\tSOURCE\tTARGET\tDIGEST\tACTION")
 	for _, i := range res.Images {
 		fmt.Fprintf(tw, "image\t%s\t%s\t%s\t%s\n", i.Source, i.Target, i.Digest, i.Action)
+		for _, r := range i.Referrers {
+			fmt.Fprintf(tw, "referrer\t%s\t%s\t%s\t%s\n", sourceRepo(i.Source)+"@"+r.Digest, r.Target, r.Digest, r.Action)
+		}
 	}
 	if c := res.Chart; c != nil {
 		fmt.Fprintf(tw, "chart\t%s\t%s\t%s\t%s\n", c.Source, c.Reference, c.Digest, c.Action)
@@ -392,20 +402,40 @@ func (o *PushOptions) writeOverlay(res *acrpush.Result) error {
 }
 
 func (o *PushOptions) summary(res *acrpush.Result, took time.Duration) {
-	count := map[string]int{}
+	count, refs := map[string]int{}, map[string]int{}
 	for _, i := range res.Images {
 		count[i.Action]++
+		for _, r := range i.Referrers {
+			refs[r.Action]++
+		}
 	}
 	chart := ""
 	if res.Chart != nil {
 		chart = ", chart " + res.Chart.Action
 	}
+	referrers := ""
+	if o.Referrers {
+		if res.DryRun {
+			referrers = fmt.Sprintf(", %d referrers would be pushed, %d skipped", refs[acrpush.ActionWouldPush], refs[acrpush.ActionSkipped])
+		} else {
+			referrers = fmt.Sprintf(", %d referrers pushed, %d skipped", refs[acrpush.ActionPushed], refs[acrpush.ActionSkipped])
+		}
+	}
 	if res.DryRun {
-		fmt.Fprintf(o.ErrOut, "dry run: %d images would be pushed, %d skipped%s; nothing was written\n", count[acrpush.ActionWouldPush], count[acrpush.ActionSkipped], chart)
+		fmt.Fprintf(o.ErrOut, "dry run: %d images would be pushed, %d skipped%s%s; nothing was written\n", count[acrpush.ActionWouldPush], count[acrpush.ActionSkipped], referrers, chart)
 		return
 	}
-	fmt.Fprintf(o.ErrOut, "%d images pushed, %d skipped%s; %d blobs uploaded (%d bytes), %d mounted, in %s\n",
-		count[acrpush.ActionPushed], count[acrpush.ActionSkipped], chart, res.Transfer.BlobUploads, res.Transfer.BytesPushed, res.Transfer.BlobMounts, took.Round(time.Millisecond))
+	fmt.Fprintf(o.ErrOut, "%d images pushed, %d skipped%s%s; %d blobs uploaded (%d bytes), %d mounted, in %s\n",
+		count[acrpush.ActionPushed], count[acrpush.ActionSkipped], referrers, chart, res.Transfer.BlobUploads, res.Transfer.BytesPushed, res.Transfer.BlobMounts, took.Round(time.Millisecond))
+}
+
+// sourceRepo is an image's source repository: its reference without tag or digest.
+func sourceRepo(source string) string {
+	base, _, _ := strings.Cut(source, "@")
+	if i := strings.LastIndex(base, ":"); i > strings.LastIndex(base, "/") {
+		base = base[:i]
+	}
+	return base
 }
 
 // lockedWriter serializes writes from several goroutines.

@@ -164,6 +164,7 @@ func TestBadInputIsOneLine(t *testing.T) {
 		{"auth", []string{e.chart, e.dst, "--auth", "basic"}, `unknown --auth "basic" (want one of: auto, azure, docker, anonymous)`},
 		{"platform", []string{e.chart, e.dst, "--platform", "amd64"}, `invalid --platform "amd64" (want os/arch[/variant], such as linux/amd64)`},
 		{"exclusive", []string{e.chart, e.dst, "--chart-only", "--images-only"}, "--chart-only and --images-only cannot be used together"},
+		{"referrers with chart-only", []string{e.chart, e.dst, "--chart-only", "--referrers"}, "--chart-only pushes no image: --image, --platform, --exclude and --referrers do not apply"},
 		{"jobs", []string{e.chart, e.dst, "--jobs", "0"}, "--jobs must be at least 1, not 0"},
 		{"version with images-only", []string{e.chart, e.dst, "--images-only", "--version", "1.2.3"}, "--version sets the chart's version: it does not apply with --images-only"},
 		{"azure credential without azure", []string{e.chart, e.dst, "--auth", "anonymous", "--azure-credential", "azure-cli"}, `--azure-credential applies to Entra ID sign-in; the registry's sign-in is "anonymous" (use --auth azure)`},

@@ -53,6 +53,10 @@ type plannedImage struct {
 	err        error
 	arrived    bool
 	targetName name.Reference
+
+	referrers       []*referrer // found at the source (with --referrers)
+	referrersToCopy []*referrer // those this run writes, subjects before their referrers
+	imageThere      bool        // the target has the image: only referrers travel
 }
 
 // resolveImage fetches the source manifests (and child manifests of an index) and narrows an
@@ -559,11 +563,12 @@ func (c *copier) finish(ctx context.Context, img *plannedImage, byDigest map[v1.
 		img.err = err
 		return
 	}
-	if err := c.putManifests(ctx, img); err != nil {
-		img.err = err
-		return
+	if img.imageThere {
+		img.err = c.putReferrers(ctx, img)
+	} else {
+		img.err = c.putManifests(ctx, img)
 	}
-	img.arrived = true
+	img.arrived = img.err == nil
 }
 
 // putManifests writes the image manifests of img at once (they need only blobs), then its
@@ -601,6 +606,20 @@ func (c *copier) putManifests(ctx context.Context, img *plannedImage) error {
 			if err := put(j); err != nil {
 				return err
 			}
+		}
+	}
+	if len(img.referrersToCopy) > 0 {
+		// Signatures and SBOMs are there before the tag is: the top-level manifest is written by
+		// digest first, then what refers to it, then the tag.
+		m := img.manifests[last]
+		if err := c.pusher.Put(ctx, img.ref.To.Digest(m.Digest.String()), rawManifest{raw: m.Raw, mt: m.MediaType}); err != nil {
+			return fmt.Errorf("writing manifest %s: %w", m.Digest, err)
+		}
+		if err := c.putReferrers(ctx, img); err != nil {
+			return err
+		}
+		if img.ref.Tag == "" {
+			return nil
 		}
 	}
 	return put(last)

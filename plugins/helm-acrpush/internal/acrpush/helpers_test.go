@@ -40,10 +40,10 @@ func newTestRegistry(t *testing.T) *testRegistry {
 // newTestRegistryMounting is a test registry that answers cross-repository mounts (as
 // distribution does) or declines every one (202, as a registry does when the identity may not
 // read the other repository).
-func newTestRegistryMounting(t *testing.T, mounts bool) *testRegistry {
+func newTestRegistryMounting(t *testing.T, mounts bool, opts ...registry.Option) *testRegistry {
 	t.Helper()
 	r := &testRegistry{}
-	h := registry.New(registry.Logger(log.New(io.Discard, "", 0)))
+	h := registry.New(append([]registry.Option{registry.Logger(log.New(io.Discard, "", 0))}, opts...)...)
 	r.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
 		r.mu.Lock()
 		r.reqs = append(r.reqs, req.Method+" "+req.URL.Path+"?"+req.URL.RawQuery)

@@ -36,6 +36,8 @@ type Options struct {
 	Force bool
 	// ChartOnly skips the images; ImagesOnly skips the chart.
 	ChartOnly, ImagesOnly bool
+	// Referrers copies what refers to each image (signatures, SBOMs, attestations) with it.
+	Referrers bool
 
 	// Keychain resolves credentials for the source registries (default authn.DefaultKeychain).
 	Keychain authn.Keychain
@@ -137,6 +139,10 @@ func WithJobs(n int) Option { return func(o *Options) { o.Jobs = n } }
 
 // DryRun makes Push report its plan without writing anything.
 func DryRun(o *Options) { o.DryRun = true }
+
+// Referrers makes Push copy each image's referrers (OCI subject: signatures, SBOMs,
+// attestations), and theirs, by digest into the image's target repository.
+func Referrers(o *Options) { o.Referrers = true }
 
 // Force lets Push move tags that point at another digest.
 func Force(o *Options) { o.Force = true }

@@ -75,6 +75,8 @@ type ImageResult struct {
 	Bytes int64    `json:"bytes"`
 	Error string   `json:"error,omitempty"`
 	Where []string `json:"usedBy,omitempty"`
+	// Referrers are the image's signatures, SBOMs and attestations (with --referrers).
+	Referrers []ReferrerResult `json:"referrers,omitempty"`
 }
 
 // Transfer counts requests to registries and blob traffic.
@@ -254,7 +256,7 @@ func Push(ctx context.Context, chartPath string, dst Destination, opts ...Option
 	// 3. Copy the images that are not there yet.
 	var todo []*plannedImage
 	for _, img := range images {
-		if img.action == ActionWouldPush {
+		if img.action == ActionWouldPush || len(img.referrersToCopy) > 0 {
 			todo = append(todo, img)
 		}
 	}
@@ -285,7 +287,7 @@ func Push(ctx context.Context, chartPath string, dst Destination, opts ...Option
 	var errs []error
 	for _, img := range images {
 		switch {
-		case img.action == ActionSkipped:
+		case img.action == ActionSkipped && img.err == nil:
 			arrived = append(arrived, img.ref.Target())
 		case img.arrived:
 			img.action = ActionPushed
@@ -403,19 +405,40 @@ func plan(ctx context.Context, sess *sessions, refs []*imageRef, o *Options, wai
 				img.action = ActionSkipped
 			case existing != "" && !o.Force:
 				errs[i] = fmt.Errorf("%s already exists with digest %s, not %s as in %s (use --force to replace it)", r.Target(), existing, img.digest, r.Source)
+				return
 			default:
 				img.action = ActionWouldPush
-				if !o.DryRun {
-					if err := checkBlobs(ctx, sess, img, o.Jobs); err != nil {
-						errs[i] = err
-						return
-					}
-				}
+			}
+			switch {
+			case o.Referrers:
+				// Its blobs are checked once every image's referrers are known (below).
+				errs[i] = findReferrers(ctx, sess, img, o.Jobs)
+			case img.action == ActionWouldPush && !o.DryRun:
+				errs[i] = checkBlobs(ctx, sess, img, o.Jobs)
 			}
 			images[i] = img
 		}()
 	}
 	wg.Wait()
+	if o.Referrers && errors.Join(errs...) == nil {
+		// Settled in order: two images bound for one repository may share referrers.
+		claimed := map[string]bool{}
+		for _, img := range images {
+			img.planReferrerCopy(claimed)
+		}
+		for i, img := range images {
+			if o.DryRun || len(img.blobs) == 0 {
+				continue
+			}
+			wg.Add(1)
+			sem <- struct{}{}
+			go func() {
+				defer func() { <-sem; wg.Done() }()
+				errs[i] = checkBlobs(ctx, sess, img, o.Jobs)
+			}()
+		}
+		wg.Wait()
+	}
 	// A sign-in failure is the same for every image: report it once.
 	for _, err := range errs {
 		var se *SignInError
@@ -435,6 +458,7 @@ func imageResults(images []*plannedImage) []ImageResult {
 		r := ImageResult{
 			Source: img.ref.Source, Target: img.ref.Target(), Digest: img.digest.String(), MediaType: string(img.mediaType),
 			Platforms: img.platforms, Action: img.action, Size: img.size, Bytes: img.uploaded.Load(), Where: img.where,
+			Referrers: referrerResults(img),
 		}
 		if img.existing != "" && img.existing != r.Digest {
 			r.Replaces = img.existing
