@@ -219,7 +219,7 @@ func Push(ctx context.Context, chartPath string, dst Destination, opts ...Option
 			chartChecked <- targetCheck{existing, err}
 		}()
 	}
-	images, err := plan(ctx, sess, refs, o, waitSignIn, where)
+	images, err := plan(ctx, sess, refs, o, log, waitSignIn, where)
 	if err != nil {
 		return nil, err
 	}
@@ -371,7 +371,7 @@ func mapImages(found []FoundImage, dst Destination, o *Options, where map[string
 
 // plan resolves every source and checks every target in parallel; any missing source or
 // conflicting tag fails the whole run before anything is written.
-func plan(ctx context.Context, sess *sessions, refs []*imageRef, o *Options, waitSignIn func() error, where map[string][]string) ([]*plannedImage, error) {
+func plan(ctx context.Context, sess *sessions, refs []*imageRef, o *Options, log *logger, waitSignIn func() error, where map[string][]string) ([]*plannedImage, error) {
 	images := make([]*plannedImage, len(refs))
 	errs := make([]error, len(refs))
 	sem := make(chan struct{}, o.Jobs)
@@ -412,7 +412,7 @@ func plan(ctx context.Context, sess *sessions, refs []*imageRef, o *Options, wai
 			switch {
 			case o.Referrers:
 				// Its blobs are checked once every image's referrers are known (below).
-				errs[i] = findReferrers(ctx, sess, img, o.Jobs)
+				errs[i] = findReferrers(ctx, sess, img, o.Jobs, log)
 			case img.action == ActionWouldPush && !o.DryRun:
 				errs[i] = checkBlobs(ctx, sess, img, o.Jobs)
 			}

@@ -3,12 +3,15 @@ package acrpush
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
+	"net/http"
 	"sync"
 
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 )
 
@@ -43,7 +46,7 @@ type ReferrerResult struct {
 // its tag schema; then it asks the target repository which it holds. When an index is narrowed
 // to some platforms, the source index's own referrers stay behind: they name a manifest the
 // target does not get.
-func findReferrers(ctx context.Context, sess *sessions, img *plannedImage, jobs int) error {
+func findReferrers(ctx context.Context, sess *sessions, img *plannedImage, jobs int, log *logger) error {
 	repo := img.ref.From.Context()
 	puller, err := sess.puller(ctx, repo.Registry)
 	if err != nil {
@@ -59,7 +62,7 @@ func findReferrers(ctx context.Context, sess *sessions, img *plannedImage, jobs 
 		found := make([][]*referrer, len(subjects))
 		if err := forEach(len(subjects), jobs, func(i int) error {
 			var err error
-			found[i], err = listReferrers(ctx, puller, img, repo, subjects[i])
+			found[i], err = listReferrers(ctx, puller, img, repo, subjects[i], log)
 			return err
 		}); err != nil {
 			return err
@@ -90,8 +93,9 @@ func findReferrers(ctx context.Context, sess *sessions, img *plannedImage, jobs 
 	})
 }
 
-// listReferrers fetches the referrers of subject, each with its manifests and blobs.
-func listReferrers(ctx context.Context, puller *remote.Puller, img *plannedImage, repo name.Repository, subject v1.Hash) ([]*referrer, error) {
+// listReferrers fetches the referrers of subject, each with its manifests and blobs. An entry of
+// a tag-schema index whose manifest was deleted since (nothing prunes those indexes) is passed over.
+func listReferrers(ctx context.Context, puller *remote.Puller, img *plannedImage, repo name.Repository, subject v1.Hash, log *logger) ([]*referrer, error) {
 	idx, err := remote.Referrers(repo.Digest(subject.String()), remote.Reuse(puller), remote.WithContext(ctx))
 	if err != nil {
 		return nil, fmt.Errorf("source image %s: listing the referrers of %s: %w", img.ref.Source, subject, err)
@@ -103,6 +107,11 @@ func listReferrers(ctx context.Context, puller *remote.Puller, img *plannedImage
 	var out []*referrer
 	for _, d := range im.Manifests {
 		desc, err := puller.Get(ctx, repo.Digest(d.Digest.String()))
+		var te *transport.Error
+		if errors.As(err, &te) && (te.StatusCode == http.StatusNotFound || hasCode(te, transport.ManifestUnknownErrorCode)) {
+			log.printf("referrer %s of %s is listed in %s but gone: passed over", d.Digest, subject, repo)
+			continue
+		}
 		if err != nil {
 			return nil, fmt.Errorf("source image %s: referrer %s of %s: %w", img.ref.Source, d.Digest, subject, err)
 		}

@@ -4,8 +4,10 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/registry"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 
 	"github.com/aks-mlops/mlplugins/pkg/shared/testutil/ocitest"
@@ -138,6 +140,34 @@ func TestPushReferrers(t *testing.T) {
 			}
 		})
 	}
+
+	// A referrer deleted at the source stays listed in the tag-schema index: it is passed over.
+	t.Run("deleted referrer", func(t *testing.T) {
+		f := newFixture(t, 512)
+		gone := attach(t, f.src.Host+"/team/api", f.apiDigest, types.DockerManifestSchema2, notarySignature)
+		kept := attach(t, f.src.Host+"/team/api", f.apiDigest, types.DockerManifestSchema2, spdxSBOM)
+		ref, err := name.NewDigest(f.src.Host + "/team/api@" + gone.String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := remote.Delete(ref); err != nil {
+			t.Fatal(err)
+		}
+		if got := referrersAt(t, f.src.Host+"/team/api", f.apiDigest); len(got) != 2 {
+			t.Fatalf("source index lists %v, want both", got)
+		}
+		dst := newTestRegistry(t)
+		res, err := Push(ctxT(t), f.writeChart(t), Destination{Registry: dst.Host}, anonymous(), fastRetry(), Referrers)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := referrersAt(t, dst.Host+"/team/api", f.apiDigest); len(got) != 1 || got[kept.String()] != spdxSBOM {
+			t.Errorf("referrers of api = %v, want only %s", got, kept)
+		}
+		if got := countReferrers(res, ActionPushed); got != 1 {
+			t.Errorf("%d referrers pushed, want 1", got)
+		}
+	})
 
 	// Without Referrers nothing asks for them.
 	f := newFixture(t, 512)
