@@ -41,7 +41,7 @@ func (e *apEnv) referrers(t *testing.T, repo, subject string) map[string]string 
 }
 
 // TestACRPushReferrers: through the real helm, --referrers copies an image's signature, an
-// index's SBOM and the SBOM's signature into ACR, before the tags; a rerun writes nothing; without
+// index's SBOM, the SBOM's signature and a cosign tag-convention signature into ACR, before the tags; a rerun writes nothing; without
 // the flag nothing refers to the copies.
 func TestACRPushReferrers(t *testing.T) {
 	const signature, sbomType = "application/vnd.cncf.notary.signature", "application/spdx+json"
@@ -51,6 +51,16 @@ func TestACRPushReferrers(t *testing.T) {
 	apiSig := apAttach(t, e.src+"/"+ns+"/api", im.apiD, types.DockerManifestSchema2, signature)
 	sbom := apAttach(t, e.src+"/"+ns+"/web", im.webD, types.OCIImageIndex, sbomType)
 	sbomSig := apAttach(t, e.src+"/"+ns+"/web", sbom, types.OCIManifestSchema1, signature)
+	// cosign's default: a signature under the tag sha256-<hex>.sig.
+	wd, err := v1.NewHash(im.workerD)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cosignSig, err := ocitest.CosignTag(e.src+"/"+ns+"/worker", wd, ".sig", "application/vnd.dev.cosign.simplesigning.v1+json", "e2e")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cosignTag := "sha256-" + wd.Hex + ".sig"
 	chart := writeShopChart(t, im, e.src, ns)
 
 	// Without --referrers the images travel alone.
@@ -64,7 +74,7 @@ func TestACRPushReferrers(t *testing.T) {
 
 	dst := e.acr + "/ap-" + apRandom()
 	r := e.acrpush(t, nil, chart, dst, "--auth", "azure", "--referrers", "--dry-run")
-	if r.Code != 0 || strings.Count(r.Stdout, "referrer") != 3 || !strings.Contains(r.Stderr, "3 referrers would be pushed") {
+	if r.Code != 0 || strings.Count(r.Stdout, "referrer") != 4 || !strings.Contains(r.Stderr, "4 referrers would be pushed") {
 		t.Fatalf("dry run (exit %d):\n%s%s", r.Code, r.Stdout, r.Stderr)
 	}
 	if got := e.referrers(t, dst+"/"+ns+"/api", im.apiD); len(got) != 0 {
@@ -72,7 +82,7 @@ func TestACRPushReferrers(t *testing.T) {
 	}
 
 	r = e.acrpush(t, nil, chart, dst, "--auth", "azure", "--referrers")
-	if r.Code != 0 || !strings.Contains(r.Stderr, "3 referrers pushed, 0 skipped") {
+	if r.Code != 0 || !strings.Contains(r.Stderr, "4 referrers pushed, 0 skipped") {
 		t.Fatalf("push (exit %d):\n%s%s", r.Code, r.Stdout, r.Stderr)
 	}
 	for _, l := range strings.Split(r.Stdout, "\n") {
@@ -89,7 +99,7 @@ func TestACRPushReferrers(t *testing.T) {
 	if got := e.referrers(t, dst+"/"+ns+"/web", sbom); got[sbomSig] != signature {
 		t.Errorf("referrers of the SBOM in ACR = %v, want its signature %s", got, sbomSig)
 	}
-	for ref, want := range map[string]string{dst + "/" + ns + "/api@" + apiSig: apiSig, dst + "/" + ns + "/api:2.1": im.apiD, dst + "/shop:0.3.0": ""} {
+	for ref, want := range map[string]string{dst + "/" + ns + "/api@" + apiSig: apiSig, dst + "/" + ns + "/api:2.1": im.apiD, dst + "/" + ns + "/worker:" + cosignTag: cosignSig.String(), dst + "/shop:0.3.0": ""} {
 		if got := e.digest(t, ref); got == "" || (want != "" && got != want) {
 			t.Errorf("%s: %q, want %s", ref, got, want)
 		}
@@ -98,7 +108,7 @@ func TestACRPushReferrers(t *testing.T) {
 	// A rerun finds everything there and uploads nothing.
 	offset := e.logSize(t)
 	r = e.acrpush(t, nil, chart, dst, "--auth", "azure", "--referrers")
-	if r.Code != 0 || !strings.Contains(r.Stderr, "0 referrers pushed, 3 skipped") {
+	if r.Code != 0 || !strings.Contains(r.Stderr, "0 referrers pushed, 4 skipped") {
 		t.Fatalf("rerun (exit %d):\n%s%s", r.Code, r.Stdout, r.Stderr)
 	}
 	if uploads, _ := e.uploadsSince(t, offset, strings.TrimPrefix(dst, e.acr+"/")); uploads != 0 {

@@ -47,8 +47,8 @@ annotation and of --image are copied to REGISTRY/PREFIX/<repository path> with t
 digest. Everything is checked before anything is written, and the chart is pushed last, only when
 every image arrived. Images and charts already there with the same digest are skipped; a tag that
 points at another digest is an error unless --force. With --referrers, the signatures, SBOMs and
-attestations that refer to each image (OCI referrers, through the Referrers API or its tag schema)
-travel with it, before its tag is written.
+attestations that refer to each image (OCI referrers, through the Referrers API or its tag schema,
+and cosign's sha256-<hex>.sig/.att/.sbom tags) travel with it, before its tag is written.
 
 REGISTRY is a login server (myacr.azurecr.io) or a bare ACR name (myacr).
 
@@ -141,7 +141,7 @@ func (o *PushOptions) AddFlags(cmd *cobra.Command) {
 	f.BoolVar(&o.ChartOnly, "chart-only", o.ChartOnly, "Push the chart only, no images")
 	f.BoolVar(&o.ImagesOnly, "images-only", o.ImagesOnly, "Push the images only, not the chart")
 	f.StringArrayVar(&o.Images, "image", o.Images, "Also push this image (can be repeated)")
-	f.BoolVar(&o.Referrers, "referrers", o.Referrers, "Also copy what refers to each image (signatures, SBOMs, attestations: OCI referrers), by digest")
+	f.BoolVar(&o.Referrers, "referrers", o.Referrers, "Also copy what refers to each image (signatures, SBOMs, attestations: OCI referrers and cosign's .sig/.att/.sbom tags)")
 	f.StringVar(&o.Exclude, "exclude", o.Exclude, "Skip images whose source reference matches this regular expression")
 	f.StringSliceVar(&o.Platforms, "platform", o.Platforms, "Copy only these platforms of multi-platform images (os/arch[/variant], comma-separated; default all)")
 	f.IntVar(&o.Jobs, "jobs", o.Jobs, "Number of blobs over 1 MB transferred in parallel (smaller ones, such as configs, go alongside)")
@@ -374,7 +374,7 @@ func (o *PushOptions) print(res *acrpush.Result) error {
 	for _, i := range res.Images {
 		fmt.Fprintf(tw, "image\t%s\t%s\t%s\t%s\n", i.Source, i.Target, i.Digest, i.Action)
 		for _, r := range i.Referrers {
-			fmt.Fprintf(tw, "referrer\t%s\t%s\t%s\t%s\n", sourceRepo(i.Source)+"@"+r.Digest, r.Target, r.Digest, r.Action)
+			fmt.Fprintf(tw, "referrer\t%s\t%s\t%s\t%s\n", r.Source, r.Target, r.Digest, r.Action)
 		}
 	}
 	if c := res.Chart; c != nil {
@@ -427,15 +427,6 @@ func (o *PushOptions) summary(res *acrpush.Result, took time.Duration) {
 	}
 	fmt.Fprintf(o.ErrOut, "%d images pushed, %d skipped%s%s; %d blobs uploaded (%d bytes), %d mounted, in %s\n",
 		count[acrpush.ActionPushed], count[acrpush.ActionSkipped], referrers, chart, res.Transfer.BlobUploads, res.Transfer.BytesPushed, res.Transfer.BlobMounts, took.Round(time.Millisecond))
-}
-
-// sourceRepo is an image's source repository: its reference without tag or digest.
-func sourceRepo(source string) string {
-	base, _, _ := strings.Cut(source, "@")
-	if i := strings.LastIndex(base, ":"); i > strings.LastIndex(base, "/") {
-		base = base[:i]
-	}
-	return base
 }
 
 // lockedWriter serializes writes from several goroutines.

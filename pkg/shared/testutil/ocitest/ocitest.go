@@ -67,3 +67,29 @@ func Referrers(repo string, subject v1.Hash, opts ...remote.Option) (map[string]
 	}
 	return out, nil
 }
+
+// CosignTag writes into repo, under cosign's tag for subject (sha256-<hex> plus suffix: .sig,
+// .att or .sbom), an image whose one layer has media type layerType, as cosign does when it does
+// not use OCI referrers, and returns its digest. note makes the content differ between calls.
+func CosignTag(repo string, subject v1.Hash, suffix, layerType, note string, opts ...remote.Option) (v1.Hash, error) {
+	layer, err := random.Layer(256, types.MediaType(layerType))
+	if err != nil {
+		return v1.Hash{}, err
+	}
+	base, err := mutate.ConfigFile(empty.Image, &v1.ConfigFile{Config: v1.Config{Labels: map[string]string{"note": note}}})
+	if err != nil {
+		return v1.Hash{}, err
+	}
+	img, err := mutate.AppendLayers(mutate.MediaType(base, types.OCIManifestSchema1), layer)
+	if err != nil {
+		return v1.Hash{}, err
+	}
+	ref, err := name.NewTag(repo + ":" + subject.Algorithm + "-" + subject.Hex + suffix)
+	if err != nil {
+		return v1.Hash{}, err
+	}
+	if err := remote.Write(ref, img, opts...); err != nil {
+		return v1.Hash{}, err
+	}
+	return img.Digest()
+}

@@ -412,7 +412,7 @@ func plan(ctx context.Context, sess *sessions, refs []*imageRef, o *Options, log
 			switch {
 			case o.Referrers:
 				// Its blobs are checked once every image's referrers are known (below).
-				errs[i] = findReferrers(ctx, sess, img, o.Jobs, log)
+				errs[i] = findReferrers(ctx, sess, img, o.Jobs, o.Force, log)
 			case img.action == ActionWouldPush && !o.DryRun:
 				errs[i] = checkBlobs(ctx, sess, img, o.Jobs)
 			}

@@ -12,18 +12,24 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
-	"github.com/google/go-containerregistry/pkg/v1/types"
 )
 
 // maxReferrerDepth is how many levels of referrers travel with an image: its signatures and
 // SBOMs, their signatures, and one level more.
 const maxReferrerDepth = 3
 
-// referrer is an artifact whose subject is one of an image's manifests: a signature (Notation,
-// cosign), an SBOM, an attestation. With --referrers it travels with the image, by digest.
+// cosignSuffixes are the tags cosign gives what it attaches to a manifest sha256:<hex> when it does
+// not use OCI referrers (its default): sha256-<hex>.sig, .att and .sbom.
+var cosignSuffixes = []string{".sig", ".att", ".sbom"}
+
+// referrer is an artifact that refers to one of an image's manifests: through its subject field
+// (a Notation or OCI 1.1 cosign signature, an SBOM, an attestation), written by digest, or through
+// cosign's tag convention (tag is then set), written under that tag. With --referrers it travels
+// with the image.
 type referrer struct {
 	subject      v1.Hash
 	digest       v1.Hash
+	tag          string // cosign's sha256-<hex>.sig (.att, .sbom); "" for an OCI referrer
 	artifactType string
 	manifests    []manifestNode // children first, the referrer's own manifest last
 	blobs        []blobDesc
@@ -34,7 +40,9 @@ type referrer struct {
 type ReferrerResult struct {
 	// Subject is the digest of the manifest it refers to.
 	Subject string `json:"subject"`
-	// Target is where it is (or goes): the image's target repository, by digest.
+	// Source and Target are where it comes from and goes to: repository@digest, or
+	// repository:tag for cosign's tag convention, in the image's source and target repositories.
+	Source       string `json:"source"`
 	Target       string `json:"target"`
 	Digest       string `json:"digest"`
 	ArtifactType string `json:"artifactType,omitempty"`
@@ -43,10 +51,11 @@ type ReferrerResult struct {
 
 // findReferrers lists at the source the referrers of every manifest the image copies, theirs in
 // turn (up to maxReferrerDepth levels), through the Referrers API or, where the registry has none,
-// its tag schema; then it asks the target repository which it holds. When an index is narrowed
-// to some platforms, the source index's own referrers stay behind: they name a manifest the
-// target does not get.
-func findReferrers(ctx context.Context, sess *sessions, img *plannedImage, jobs int, log *logger) error {
+// its tag schema, and the signatures, attestations and SBOMs cosign keeps under tags; then it asks
+// the target repository which it holds. A cosign tag that points at something else at the target
+// is an error unless force. When an index is narrowed to some platforms, the source index's own
+// referrers stay behind: they name a manifest the target does not get.
+func findReferrers(ctx context.Context, sess *sessions, img *plannedImage, jobs int, force bool, log *logger) error {
 	repo := img.ref.From.Context()
 	puller, err := sess.puller(ctx, repo.Registry)
 	if err != nil {
@@ -75,22 +84,36 @@ func findReferrers(ctx context.Context, sess *sessions, img *plannedImage, jobs 
 				}
 				seen[r.digest] = true
 				img.referrers = append(img.referrers, r)
-				subjects = append(subjects, r.digest)
+				if r.tag == "" {
+					subjects = append(subjects, r.digest)
+				}
 			}
 		}
 	}
 	return forEach(len(img.referrers), jobs, func(i int) error {
 		r := img.referrers[i]
-		existing, err := checkTarget(ctx, sess, img.ref.To.Digest(r.digest.String()))
+		existing, err := checkTarget(ctx, sess, r.targetRef(img.ref.To))
 		if err != nil {
 			return err
 		}
-		r.action = ActionWouldPush
-		if existing == r.digest.String() {
+		switch {
+		case existing == r.digest.String():
 			r.action = ActionSkipped
+		case existing != "" && !force:
+			return fmt.Errorf("%s already exists with digest %s, not %s as in %s (use --force to replace it)", r.targetRef(img.ref.To), existing, r.digest, r.targetRef(repo))
+		default:
+			r.action = ActionWouldPush
 		}
 		return nil
 	})
+}
+
+// targetRef is where the referrer is in repo: under its cosign tag, or by digest.
+func (r *referrer) targetRef(repo name.Repository) name.Reference {
+	if r.tag != "" {
+		return repo.Tag(r.tag)
+	}
+	return repo.Digest(r.digest.String())
 }
 
 // listReferrers fetches the referrers of subject, each with its manifests and blobs. An entry of
@@ -104,7 +127,10 @@ func listReferrers(ctx context.Context, puller *remote.Puller, img *plannedImage
 	if err != nil {
 		return nil, fmt.Errorf("source image %s: listing the referrers of %s: %w", img.ref.Source, subject, err)
 	}
-	var out []*referrer
+	out, err := cosignTagged(ctx, puller, img, repo, subject)
+	if err != nil {
+		return nil, err
+	}
 	for _, d := range im.Manifests {
 		desc, err := puller.Get(ctx, repo.Digest(d.Digest.String()))
 		var te *transport.Error
@@ -115,20 +141,62 @@ func listReferrers(ctx context.Context, puller *remote.Puller, img *plannedImage
 		if err != nil {
 			return nil, fmt.Errorf("source image %s: referrer %s of %s: %w", img.ref.Source, d.Digest, subject, err)
 		}
-		// walk gathers the referrer's manifests and blobs as it does an image's.
-		w := &plannedImage{ref: img.ref}
-		if err := w.walk(ctx, puller, repo, manifestNode{Digest: desc.Digest, MediaType: desc.MediaType, Raw: desc.Manifest}, map[v1.Hash]bool{}); err != nil {
+		r, err := newReferrer(ctx, puller, img, repo, subject, desc)
+		if err != nil {
 			return nil, err
 		}
-		at := d.ArtifactType
-		if at == "" && desc.MediaType == types.OCIManifestSchema1 {
+		if r.artifactType = d.ArtifactType; r.artifactType == "" {
 			if m, err := v1.ParseManifest(bytes.NewReader(desc.Manifest)); err == nil {
-				at = string(m.Config.MediaType)
+				r.artifactType = string(m.Config.MediaType)
 			}
 		}
-		out = append(out, &referrer{subject: subject, digest: desc.Digest, artifactType: at, manifests: w.manifests, blobs: w.blobs})
+		out = append(out, r)
 	}
 	return out, nil
+}
+
+// cosignTagged fetches what cosign keeps under the tags sha256-<hex>.sig, .att and .sbom of
+// subject, when they exist.
+func cosignTagged(ctx context.Context, puller *remote.Puller, img *plannedImage, repo name.Repository, subject v1.Hash) ([]*referrer, error) {
+	found := make([]*referrer, len(cosignSuffixes))
+	err := forEach(len(cosignSuffixes), len(cosignSuffixes), func(i int) error {
+		tag := subject.Algorithm + "-" + subject.Hex + cosignSuffixes[i]
+		desc, err := puller.Get(ctx, repo.Tag(tag))
+		var te *transport.Error
+		if errors.As(err, &te) && (te.StatusCode == http.StatusNotFound || hasCode(te, transport.ManifestUnknownErrorCode, transport.NameUnknownErrorCode)) {
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("source image %s: %s: %w", img.ref.Source, repo.Tag(tag), err)
+		}
+		r, err := newReferrer(ctx, puller, img, repo, subject, desc)
+		if err != nil {
+			return err
+		}
+		r.tag = tag
+		// cosign names what it holds by its layers' media type (simple signing, DSSE envelope, SBOM format).
+		if m, err := v1.ParseManifest(bytes.NewReader(desc.Manifest)); err == nil && len(m.Layers) > 0 {
+			r.artifactType = string(m.Layers[0].MediaType)
+		}
+		found[i] = r
+		return nil
+	})
+	var out []*referrer
+	for _, r := range found {
+		if r != nil {
+			out = append(out, r)
+		}
+	}
+	return out, err
+}
+
+// newReferrer gathers a referrer's manifests and blobs, as walk does an image's.
+func newReferrer(ctx context.Context, puller *remote.Puller, img *plannedImage, repo name.Repository, subject v1.Hash, desc *remote.Descriptor) (*referrer, error) {
+	w := &plannedImage{ref: img.ref}
+	if err := w.walk(ctx, puller, repo, manifestNode{Digest: desc.Digest, MediaType: desc.MediaType, Raw: desc.Manifest}, map[v1.Hash]bool{}); err != nil {
+		return nil, err
+	}
+	return &referrer{subject: subject, digest: desc.Digest, manifests: w.manifests, blobs: w.blobs}, nil
 }
 
 // planReferrerCopy settles what the image's copy carries once its referrers are known: the
@@ -143,7 +211,7 @@ func (p *plannedImage) planReferrerCopy(claimed map[string]bool) {
 		if r.action != ActionWouldPush {
 			continue
 		}
-		key := p.ref.To.Digest(r.digest.String()).String()
+		key := r.targetRef(p.ref.To).String()
 		if claimed[key] {
 			r.action = ActionSkipped // written by another image of this run
 			continue
@@ -171,8 +239,12 @@ func (p *plannedImage) needBlob(b blobDesc) {
 // and two writes at once would lose one.
 func (c *copier) putReferrers(ctx context.Context, img *plannedImage) error {
 	for _, r := range img.referrersToCopy {
-		for _, m := range r.manifests {
-			if err := c.pusher.Put(ctx, img.ref.To.Digest(m.Digest.String()), rawManifest{raw: m.Raw, mt: m.MediaType}); err != nil {
+		for k, m := range r.manifests {
+			ref := name.Reference(img.ref.To.Digest(m.Digest.String()))
+			if k == len(r.manifests)-1 {
+				ref = r.targetRef(img.ref.To)
+			}
+			if err := c.pusher.Put(ctx, ref, rawManifest{raw: m.Raw, mt: m.MediaType}); err != nil {
 				return fmt.Errorf("writing referrer %s of %s: %w", m.Digest, r.subject, err)
 			}
 		}
@@ -194,7 +266,8 @@ func referrerResults(img *plannedImage) []ReferrerResult {
 				action = ActionNotPushed
 			}
 		}
-		out = append(out, ReferrerResult{Subject: r.subject.String(), Target: img.ref.To.Name() + "@" + r.digest.String(), Digest: r.digest.String(), ArtifactType: r.artifactType, Action: action})
+		out = append(out, ReferrerResult{Subject: r.subject.String(), Source: r.targetRef(img.ref.From.Context()).String(), Target: r.targetRef(img.ref.To).String(),
+			Digest: r.digest.String(), ArtifactType: r.artifactType, Action: action})
 	}
 	return out
 }

@@ -169,9 +169,64 @@ func TestPushReferrers(t *testing.T) {
 		}
 	})
 
+	// cosign's tag convention: sha256-<hex>.sig travels under its tag; a different one at the
+	// target is an error before anything is written, unless --force.
+	t.Run("cosign tags", func(t *testing.T) {
+		const simpleSigning = "application/vnd.dev.cosign.simplesigning.v1+json"
+		f := newFixture(t, 512)
+		sig, err := ocitest.CosignTag(f.src.Host+"/team/api", f.apiDigest, ".sig", simpleSigning, "source")
+		if err != nil {
+			t.Fatal(err)
+		}
+		sigTag := "sha256-" + f.apiDigest.Hex + ".sig"
+		chartDir := f.writeChart(t)
+		dst := newTestRegistry(t)
+		res, err := Push(ctxT(t), chartDir, Destination{Registry: dst.Host}, anonymous(), fastRetry(), Referrers)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := digestAt(t, dst.Host+"/team/api:"+sigTag); got != sig.String() {
+			t.Errorf("%s at the target = %q, want %s", sigTag, got, sig)
+		}
+		var rr []ReferrerResult
+		for _, img := range res.Images {
+			rr = append(rr, img.Referrers...)
+		}
+		if len(rr) != 1 || rr[0].Target != dst.Host+"/team/api:"+sigTag || rr[0].ArtifactType != simpleSigning || rr[0].Action != ActionPushed {
+			t.Errorf("referrers = %+v", rr)
+		}
+		again, err := Push(ctxT(t), chartDir, Destination{Registry: dst.Host}, anonymous(), fastRetry(), Referrers)
+		if err != nil || countReferrers(again, ActionSkipped) != 1 {
+			t.Fatalf("rerun: %v, %+v", err, again)
+		}
+
+		other := newTestRegistry(t)
+		theirs, err := ocitest.CosignTag(other.Host+"/team/api", f.apiDigest, ".sig", simpleSigning, "target")
+		if err != nil {
+			t.Fatal(err)
+		}
+		other.reset()
+		_, err = Push(ctxT(t), chartDir, Destination{Registry: other.Host}, anonymous(), fastRetry(), Referrers)
+		if err == nil || !strings.Contains(err.Error(), sigTag+" already exists with digest "+theirs.String()) || !strings.Contains(err.Error(), "--force") {
+			t.Fatalf("err = %v, want the cosign tag conflict", err)
+		}
+		if n := other.count(func(s string) bool { return isUpload(s) || strings.HasPrefix(s, "PUT ") }); n != 0 {
+			t.Errorf("the refused push wrote %d times", n)
+		}
+		if _, err := Push(ctxT(t), chartDir, Destination{Registry: other.Host}, anonymous(), fastRetry(), Referrers, Force); err != nil {
+			t.Fatal(err)
+		}
+		if got := digestAt(t, other.Host+"/team/api:"+sigTag); got != sig.String() {
+			t.Errorf("with --force %s = %q, want %s", sigTag, got, sig)
+		}
+	})
+
 	// Without Referrers nothing asks for them.
 	f := newFixture(t, 512)
 	attach(t, f.src.Host+"/team/api", f.apiDigest, types.DockerManifestSchema2, notarySignature)
+	if _, err := ocitest.CosignTag(f.src.Host+"/team/api", f.apiDigest, ".sig", "application/vnd.dev.cosign.simplesigning.v1+json", "source"); err != nil {
+		t.Fatal(err)
+	}
 	chartDir := f.writeChart(t)
 	dst := newTestRegistry(t)
 	f.src.reset()
@@ -186,6 +241,9 @@ func TestPushReferrers(t *testing.T) {
 	}
 	if got := referrersAt(t, dst.Host+"/team/api", f.apiDigest); len(got) != 0 {
 		t.Errorf("referrers copied without Referrers: %v", got)
+	}
+	if got := digestAt(t, dst.Host+"/team/api:sha256-"+f.apiDigest.Hex+".sig"); got != "" {
+		t.Errorf("cosign signature copied without Referrers: %s", got)
 	}
 }
 
