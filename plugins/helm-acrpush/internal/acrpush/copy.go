@@ -90,8 +90,7 @@ func resolveImage(ctx context.Context, sess *sessions, r *imageRef, platforms []
 }
 
 func sourceError(r *imageRef, err error) error {
-	var te *transport.Error
-	if errors.As(err, &te) && (te.StatusCode == http.StatusNotFound || hasCode(te, transport.ManifestUnknownErrorCode, transport.NameUnknownErrorCode)) {
+	if notFound(err) {
 		return fmt.Errorf("source image %s does not exist", r.Source)
 	}
 	var nerr net.Error
@@ -99,6 +98,12 @@ func sourceError(r *imageRef, err error) error {
 		return fmt.Errorf("source image %s: registry %s is unreachable: %v", r.Source, r.From.Context().RegistryStr(), nerr)
 	}
 	return fmt.Errorf("source image %s: %w", r.Source, err)
+}
+
+// notFound reports whether a registry answered that a manifest or repository does not exist.
+func notFound(err error) bool {
+	var te *transport.Error
+	return errors.As(err, &te) && (te.StatusCode == http.StatusNotFound || hasCode(te, transport.ManifestUnknownErrorCode, transport.NameUnknownErrorCode))
 }
 
 func hasCode(te *transport.Error, codes ...transport.ErrorCode) bool {
@@ -276,8 +281,7 @@ func checkTarget(ctx context.Context, sess *sessions, ref name.Reference) (strin
 	}
 	d, err := puller.Head(ctx, ref)
 	if err != nil {
-		var te *transport.Error
-		if errors.As(err, &te) && (te.StatusCode == http.StatusNotFound || hasCode(te, transport.ManifestUnknownErrorCode, transport.NameUnknownErrorCode)) {
+		if notFound(err) {
 			return "", nil
 		}
 		return "", registryError(ref.Context().RegistryStr(), err)

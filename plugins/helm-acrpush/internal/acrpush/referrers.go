@@ -3,15 +3,12 @@ package acrpush
 import (
 	"bytes"
 	"context"
-	"errors"
 	"fmt"
-	"net/http"
 	"sync"
 
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
-	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
 )
 
 // maxReferrerDepth is how many levels of referrers travel with an image: its signatures and
@@ -133,8 +130,7 @@ func listReferrers(ctx context.Context, puller *remote.Puller, img *plannedImage
 	}
 	for _, d := range im.Manifests {
 		desc, err := puller.Get(ctx, repo.Digest(d.Digest.String()))
-		var te *transport.Error
-		if errors.As(err, &te) && (te.StatusCode == http.StatusNotFound || hasCode(te, transport.ManifestUnknownErrorCode)) {
+		if notFound(err) {
 			log.printf("referrer %s of %s is listed in %s but gone: passed over", d.Digest, subject, repo)
 			continue
 		}
@@ -162,8 +158,7 @@ func cosignTagged(ctx context.Context, puller *remote.Puller, img *plannedImage,
 	err := forEach(len(cosignSuffixes), len(cosignSuffixes), func(i int) error {
 		tag := subject.Algorithm + "-" + subject.Hex + cosignSuffixes[i]
 		desc, err := puller.Get(ctx, repo.Tag(tag))
-		var te *transport.Error
-		if errors.As(err, &te) && (te.StatusCode == http.StatusNotFound || hasCode(te, transport.ManifestUnknownErrorCode, transport.NameUnknownErrorCode)) {
+		if notFound(err) {
 			return nil
 		}
 		if err != nil {
