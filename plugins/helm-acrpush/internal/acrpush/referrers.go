@@ -113,9 +113,27 @@ func (r *referrer) targetRef(repo name.Repository) name.Reference {
 	return repo.Digest(r.digest.String())
 }
 
-// listReferrers fetches the referrers of subject, each with its manifests and blobs. An entry of
-// a tag-schema index whose manifest was deleted since (nothing prunes those indexes) is passed over.
+// listReferrers fetches the referrers of subject, each with its manifests and blobs: those the
+// Referrers API (or its tag schema) lists and those under cosign's tags, looked up together. An
+// entry of a tag-schema index whose manifest was deleted since (nothing prunes those indexes) is
+// passed over.
 func listReferrers(ctx context.Context, puller *remote.Puller, img *plannedImage, repo name.Repository, subject v1.Hash, log *logger) ([]*referrer, error) {
+	var tagged []*referrer
+	cosign := make(chan error, 1)
+	go func() {
+		var err error
+		tagged, err = cosignTagged(ctx, puller, img, repo, subject)
+		cosign <- err
+	}()
+	listed, err := listedReferrers(ctx, puller, img, repo, subject, log)
+	if cerr := <-cosign; err == nil {
+		err = cerr
+	}
+	return append(tagged, listed...), err
+}
+
+// listedReferrers fetches what the Referrers API (or its tag schema) lists for subject.
+func listedReferrers(ctx context.Context, puller *remote.Puller, img *plannedImage, repo name.Repository, subject v1.Hash, log *logger) ([]*referrer, error) {
 	idx, err := remote.Referrers(repo.Digest(subject.String()), remote.Reuse(puller), remote.WithContext(ctx))
 	if err != nil {
 		return nil, fmt.Errorf("source image %s: listing the referrers of %s: %w", img.ref.Source, subject, err)
@@ -124,31 +142,30 @@ func listReferrers(ctx context.Context, puller *remote.Puller, img *plannedImage
 	if err != nil {
 		return nil, fmt.Errorf("source image %s: listing the referrers of %s: %w", img.ref.Source, subject, err)
 	}
-	out, err := cosignTagged(ctx, puller, img, repo, subject)
-	if err != nil {
-		return nil, err
-	}
-	for _, d := range im.Manifests {
+	found := make([]*referrer, len(im.Manifests))
+	err = forEach(len(im.Manifests), 4, func(i int) error {
+		d := im.Manifests[i]
 		desc, err := puller.Get(ctx, repo.Digest(d.Digest.String()))
 		if notFound(err) {
 			log.printf("referrer %s of %s is listed in %s but gone: passed over", d.Digest, subject, repo)
-			continue
+			return nil
 		}
 		if err != nil {
-			return nil, fmt.Errorf("source image %s: referrer %s of %s: %w", img.ref.Source, d.Digest, subject, err)
+			return fmt.Errorf("source image %s: referrer %s of %s: %w", img.ref.Source, d.Digest, subject, err)
 		}
 		r, err := newReferrer(ctx, puller, img, repo, subject, desc)
 		if err != nil {
-			return nil, err
+			return err
 		}
 		if r.artifactType = d.ArtifactType; r.artifactType == "" {
 			if m, err := v1.ParseManifest(bytes.NewReader(desc.Manifest)); err == nil {
 				r.artifactType = string(m.Config.MediaType)
 			}
 		}
-		out = append(out, r)
-	}
-	return out, nil
+		found[i] = r
+		return nil
+	})
+	return compact(found), err
 }
 
 // cosignTagged fetches what cosign keeps under the tags sha256-<hex>.sig, .att and .sbom of
@@ -176,13 +193,18 @@ func cosignTagged(ctx context.Context, puller *remote.Puller, img *plannedImage,
 		found[i] = r
 		return nil
 	})
+	return compact(found), err
+}
+
+// compact drops the nils of found, keeping the order.
+func compact(found []*referrer) []*referrer {
 	var out []*referrer
 	for _, r := range found {
 		if r != nil {
 			out = append(out, r)
 		}
 	}
-	return out, err
+	return out
 }
 
 // newReferrer gathers a referrer's manifests and blobs, as walk does an image's.
