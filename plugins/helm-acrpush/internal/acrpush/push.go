@@ -71,7 +71,8 @@ type ImageResult struct {
 	Replaces  string   `json:"replaces,omitempty"`
 	// Size is the total size of the image's manifests and blobs.
 	Size int64 `json:"size"`
-	// Bytes is what this run uploaded for it (0 when skipped or mounted).
+	// Bytes is what this run uploaded for it, its referrers included (0 when skipped or mounted
+	// and no referrer travelled).
 	Bytes int64    `json:"bytes"`
 	Error string   `json:"error,omitempty"`
 	Where []string `json:"usedBy,omitempty"`
