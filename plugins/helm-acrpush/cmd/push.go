@@ -340,6 +340,9 @@ func (o *PushOptions) Run(ctx context.Context) (err error) {
 	if perr := o.print(res); perr != nil {
 		return perr
 	}
+	for _, w := range res.Warnings {
+		fmt.Fprintf(o.ErrOut, "warning: %s\n", w)
+	}
 	if err != nil {
 		return o.oneLine(err)
 	}
@@ -403,10 +406,14 @@ func (o *PushOptions) writeOverlay(res *acrpush.Result) error {
 
 func (o *PushOptions) summary(res *acrpush.Result, took time.Duration) {
 	count, refs := map[string]int{}, map[string]int{}
+	seen := map[string]bool{} // two tags of one image share its referrers
 	for _, i := range res.Images {
 		count[i.Action]++
 		for _, r := range i.Referrers {
-			refs[r.Action]++
+			if !seen[r.Target] {
+				seen[r.Target] = true
+				refs[r.Action]++
+			}
 		}
 	}
 	chart := ""

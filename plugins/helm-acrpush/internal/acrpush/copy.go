@@ -54,9 +54,12 @@ type plannedImage struct {
 	arrived    bool
 	targetName name.Reference
 
-	referrers       []*referrer // found at the source (with --referrers)
-	referrersToCopy []*referrer // those this run writes, subjects before their referrers
-	imageThere      bool        // the target has the image: only referrers travel
+	referrers        []*referrer // found at the source (with --referrers)
+	referrersToCopy  []*referrer // those this image's copy writes, subjects before their referrers
+	referrersAwaited []*referrer // those another image of the run writes, awaited before the tag
+	imageThere       bool        // the target has the image: only referrers travel
+	narrowedFrom     v1.Hash     // the source index --platform narrowed, if any
+	warnings         []string
 }
 
 // resolveImage fetches the source manifests (and child manifests of an index) and narrows an
@@ -80,6 +83,7 @@ func resolveImage(ctx context.Context, sess *sessions, r *imageRef, platforms []
 		if err != nil {
 			return nil, err
 		}
+		p.narrowedFrom = desc.Digest
 	}
 	p.digest, p.mediaType = digest, mt
 	seen := map[v1.Hash]bool{}
@@ -515,6 +519,8 @@ func mountSource(from, to name.Repository) *name.Repository {
 // finish waits for the image's blobs, mounts those whose home is another repository (uploading
 // them here when that upload failed), then writes the image's manifests.
 func (c *copier) finish(ctx context.Context, img *plannedImage, byDigest map[v1.Hash]*blobJob) {
+	// No image of the run waits forever for a referrer this one did not get to write.
+	defer func() { endReferrers(img, img.err) }()
 	var mu sync.Mutex
 	fail := func(err error) {
 		mu.Lock()
@@ -612,7 +618,7 @@ func (c *copier) putManifests(ctx context.Context, img *plannedImage) error {
 			}
 		}
 	}
-	if len(img.referrersToCopy) > 0 {
+	if len(img.referrersToCopy) > 0 || len(img.referrersAwaited) > 0 {
 		// Signatures and SBOMs are there before the tag is: the top-level manifest is written by
 		// digest first, then what refers to it, then the tag.
 		m := img.manifests[last]

@@ -120,9 +120,9 @@ type fixture struct {
 	distinctBlobs int
 }
 
-func newFixture(t *testing.T, layerSize int64) *fixture {
+func newFixture(t *testing.T, layerSize int64, srcOpts ...registry.Option) *fixture {
 	t.Helper()
-	f := &fixture{src: newTestRegistry(t)}
+	f := &fixture{src: newTestRegistryMounting(t, true, srcOpts...)}
 	must := func(err error) {
 		t.Helper()
 		if err != nil {

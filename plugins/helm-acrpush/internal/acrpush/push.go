@@ -46,6 +46,8 @@ type Result struct {
 	// Superseded lists artifacthub.io/images entries left out: the values gave their container
 	// another image.
 	Superseded []SupersededImage `json:"supersededAnnotationImages,omitempty"`
+	// Warnings are things left behind that the user may not expect (referrers not copied).
+	Warnings []string `json:"warnings,omitempty"`
 }
 
 // ChartResult describes the chart artifact.
@@ -247,6 +249,7 @@ func Push(ctx context.Context, chartPath string, dst Destination, opts ...Option
 
 	for _, img := range images {
 		img.where = where[img.ref.Source]
+		res.Warnings = append(res.Warnings, img.warnings...)
 	}
 	if o.DryRun {
 		res.Images = imageResults(images)
@@ -376,6 +379,7 @@ func plan(ctx context.Context, sess *sessions, refs []*imageRef, o *Options, log
 	images := make([]*plannedImage, len(refs))
 	errs := make([]error, len(refs))
 	sem := make(chan struct{}, o.Jobs)
+	lookups := make(chan struct{}, 2*o.Jobs) // referrer lookups, across images
 	var wg sync.WaitGroup
 	for i, r := range refs {
 		wg.Add(1)
@@ -413,7 +417,7 @@ func plan(ctx context.Context, sess *sessions, refs []*imageRef, o *Options, log
 			switch {
 			case o.Referrers:
 				// Its blobs are checked once every image's referrers are known (below).
-				errs[i] = findReferrers(ctx, sess, img, o.Jobs, o.Force, log)
+				errs[i] = findReferrers(ctx, sess, img, lookups, o.Force, log)
 			case img.action == ActionWouldPush && !o.DryRun:
 				errs[i] = checkBlobs(ctx, sess, img, o.Jobs)
 			}
@@ -423,7 +427,7 @@ func plan(ctx context.Context, sess *sessions, refs []*imageRef, o *Options, log
 	wg.Wait()
 	if o.Referrers && errors.Join(errs...) == nil {
 		// Settled in order: two images bound for one repository may share referrers.
-		claimed := map[string]bool{}
+		claimed := map[string]*referrer{}
 		for _, img := range images {
 			img.planReferrerCopy(claimed)
 		}

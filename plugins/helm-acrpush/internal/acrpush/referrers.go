@@ -3,6 +3,7 @@ package acrpush
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 
@@ -31,6 +32,21 @@ type referrer struct {
 	manifests    []manifestNode // children first, the referrer's own manifest last
 	blobs        []blobDesc
 	action       string // ActionSkipped when the target repository holds it
+
+	// The copy: one image of the run writes it (two images bound for one repository can share a
+	// referrer); the others wait for it before writing their tags.
+	done    chan struct{} // closed when written or failed
+	once    sync.Once
+	err     error
+	written bool
+}
+
+// end records how the referrer's write ended and wakes the images waiting for it.
+func (r *referrer) end(err error) {
+	r.once.Do(func() {
+		r.err, r.written = err, err == nil
+		close(r.done)
+	})
 }
 
 // ReferrerResult describes one referrer of an image.
@@ -46,29 +62,55 @@ type ReferrerResult struct {
 	Action       string `json:"action"`
 }
 
+// referrerLookup finds one image's referrers. Its requests share the run's lookup slots: an image
+// has a few manifests, each a few lookups, and the run several images.
+type referrerLookup struct {
+	img    *plannedImage
+	repo   name.Repository
+	puller *remote.Puller
+	slots  chan struct{}
+	log    *logger
+	mu     sync.Mutex // warnings
+}
+
+// call runs one registry request in a lookup slot.
+func (l *referrerLookup) call(f func() error) error {
+	l.slots <- struct{}{}
+	defer func() { <-l.slots }()
+	return f()
+}
+
+func (l *referrerLookup) warn(format string, args ...any) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.img.warnings = append(l.img.warnings, fmt.Sprintf(format, args...))
+}
+
 // findReferrers lists at the source the referrers of every manifest the image copies, theirs in
 // turn (up to maxReferrerDepth levels), through the Referrers API or, where the registry has none,
 // its tag schema, and the signatures, attestations and SBOMs cosign keeps under tags; then it asks
-// the target repository which it holds. A cosign tag that points at something else at the target
-// is an error unless force. When an index is narrowed to some platforms, the source index's own
-// referrers stay behind: they name a manifest the target does not get.
-func findReferrers(ctx context.Context, sess *sessions, img *plannedImage, jobs int, force bool, log *logger) error {
+// the target repository which it holds. A cosign tag that holds something else at the target is
+// replaced when the source's holds every signature the target's does, and is an error otherwise,
+// unless force. When an index is narrowed to some platforms, the source index's own referrers
+// stay behind (they name a manifest the target does not get), with a warning.
+func findReferrers(ctx context.Context, sess *sessions, img *plannedImage, slots chan struct{}, force bool, log *logger) error {
 	repo := img.ref.From.Context()
 	puller, err := sess.puller(ctx, repo.Registry)
 	if err != nil {
 		return sourceError(img.ref, err)
 	}
-	seen := map[v1.Hash]bool{}
+	l := &referrerLookup{img: img, repo: repo, puller: puller, slots: slots, log: log}
+	seen := map[string]bool{}
 	var subjects []v1.Hash
 	for _, m := range img.manifests {
-		seen[m.Digest] = true
+		seen[m.Digest.String()] = true
 		subjects = append(subjects, m.Digest)
 	}
 	for depth := 0; depth < maxReferrerDepth && len(subjects) > 0; depth++ {
 		found := make([][]*referrer, len(subjects))
-		if err := forEach(len(subjects), jobs, func(i int) error {
+		if err := forEach(len(subjects), len(subjects), func(i int) error {
 			var err error
-			found[i], err = listReferrers(ctx, puller, img, repo, subjects[i], log)
+			found[i], err = l.list(ctx, subjects[i])
 			return err
 		}); err != nil {
 			return err
@@ -76,10 +118,16 @@ func findReferrers(ctx context.Context, sess *sessions, img *plannedImage, jobs 
 		subjects = nil
 		for _, rs := range found {
 			for _, r := range rs {
-				if seen[r.digest] {
+				// A cosign tag is its own artifact even when its manifest has the same bytes as
+				// another's (one SBOM attached to an index and to a child).
+				key := r.digest.String()
+				if r.tag != "" {
+					key = r.tag
+				}
+				if seen[key] {
 					continue
 				}
-				seen[r.digest] = true
+				seen[key] = true
 				img.referrers = append(img.referrers, r)
 				if r.tag == "" {
 					subjects = append(subjects, r.digest)
@@ -87,22 +135,76 @@ func findReferrers(ctx context.Context, sess *sessions, img *plannedImage, jobs 
 			}
 		}
 	}
-	return forEach(len(img.referrers), jobs, func(i int) error {
-		r := img.referrers[i]
-		existing, err := checkTarget(ctx, sess, r.targetRef(img.ref.To))
+	if img.narrowedFrom != (v1.Hash{}) {
+		left, err := l.list(ctx, img.narrowedFrom)
 		if err != nil {
 			return err
 		}
-		switch {
-		case existing == r.digest.String():
-			r.action = ActionSkipped
-		case existing != "" && !force:
-			return fmt.Errorf("%s already exists with digest %s, not %s as in %s (use --force to replace it)", r.targetRef(img.ref.To), existing, r.digest, r.targetRef(repo))
-		default:
-			r.action = ActionWouldPush
+		if len(left) > 0 {
+			l.warn("%d referrers of %s@%s (signatures, SBOMs) are not copied: --platform narrowed the index to %s, which they do not name",
+				len(left), repo, img.narrowedFrom, img.digest)
 		}
-		return nil
+	}
+	return forEach(len(img.referrers), len(img.referrers), func(i int) error {
+		return l.call(func() error { return checkReferrerTarget(ctx, sess, img, img.referrers[i], force, log) })
 	})
+}
+
+// checkReferrerTarget decides what happens to r at the target.
+func checkReferrerTarget(ctx context.Context, sess *sessions, img *plannedImage, r *referrer, force bool, log *logger) error {
+	at := r.targetRef(img.ref.To)
+	existing, err := checkTarget(ctx, sess, at)
+	switch {
+	case err != nil:
+		return err
+	case existing == r.digest.String():
+		r.action = ActionSkipped
+		return nil
+	case existing == "" || force:
+		r.action = ActionWouldPush
+		return nil
+	}
+	// A cosign tag that moved: cosign adds each new signature to the same tag, so a source signed
+	// again holds the target's signatures and more, and replacing loses nothing.
+	puller, err := sess.puller(ctx, img.ref.To.Registry)
+	if err != nil {
+		return registryError(img.ref.To.RegistryStr(), err)
+	}
+	theirs, err := puller.Get(ctx, at)
+	if err != nil {
+		return registryError(img.ref.To.RegistryStr(), err)
+	}
+	if missing := layersMissing(theirs.Manifest, r.manifests[len(r.manifests)-1].Raw); missing > 0 {
+		return fmt.Errorf("%s already exists with digest %s, not %s as in %s, and holds %d signatures or attestations the source's does not (added at the target?); use --force to replace it",
+			at, existing, r.digest, r.targetRef(img.ref.From.Context()), missing)
+	}
+	log.printf("%s moves from %s to %s: the source's holds every layer the target's does", at, existing, r.digest)
+	r.action = ActionWouldPush
+	return nil
+}
+
+// layersMissing counts the layers of the manifest theirs that ours lacks (all of them when either
+// does not parse).
+func layersMissing(theirs, ours []byte) int {
+	t, err := v1.ParseManifest(bytes.NewReader(theirs))
+	if err != nil {
+		return 1
+	}
+	o, err := v1.ParseManifest(bytes.NewReader(ours))
+	if err != nil {
+		return len(t.Layers) + 1
+	}
+	have := map[v1.Hash]bool{}
+	for _, l := range o.Layers {
+		have[l.Digest] = true
+	}
+	n := 0
+	for _, l := range t.Layers {
+		if !have[l.Digest] {
+			n++
+		}
+	}
+	return n
 }
 
 // targetRef is where the referrer is in repo: under its cosign tag, or by digest.
@@ -113,47 +215,59 @@ func (r *referrer) targetRef(repo name.Repository) name.Reference {
 	return repo.Digest(r.digest.String())
 }
 
-// listReferrers fetches the referrers of subject, each with its manifests and blobs: those the
-// Referrers API (or its tag schema) lists and those under cosign's tags, looked up together. An
-// entry of a tag-schema index whose manifest was deleted since (nothing prunes those indexes) is
-// passed over.
-func listReferrers(ctx context.Context, puller *remote.Puller, img *plannedImage, repo name.Repository, subject v1.Hash, log *logger) ([]*referrer, error) {
+// list fetches the referrers of subject, each with its manifests and blobs: those the Referrers
+// API (or its tag schema) lists and those under cosign's tags, looked up together.
+func (l *referrerLookup) list(ctx context.Context, subject v1.Hash) ([]*referrer, error) {
 	var tagged []*referrer
 	cosign := make(chan error, 1)
 	go func() {
 		var err error
-		tagged, err = cosignTagged(ctx, puller, img, repo, subject)
+		tagged, err = l.cosignTagged(ctx, subject)
 		cosign <- err
 	}()
-	listed, err := listedReferrers(ctx, puller, img, repo, subject, log)
+	listed, err := l.listed(ctx, subject)
 	if cerr := <-cosign; err == nil {
 		err = cerr
 	}
 	return append(tagged, listed...), err
 }
 
-// listedReferrers fetches what the Referrers API (or its tag schema) lists for subject.
-func listedReferrers(ctx context.Context, puller *remote.Puller, img *plannedImage, repo name.Repository, subject v1.Hash, log *logger) ([]*referrer, error) {
-	idx, err := remote.Referrers(repo.Digest(subject.String()), remote.Reuse(puller), remote.WithContext(ctx))
+// listed fetches what the Referrers API (or its tag schema) lists for subject. An entry whose
+// manifest is gone (nothing prunes a tag-schema index) or of a kind that cannot be copied (the
+// withdrawn OCI artifact manifest) is left out with a warning.
+func (l *referrerLookup) listed(ctx context.Context, subject v1.Hash) ([]*referrer, error) {
+	var im *v1.IndexManifest
+	err := l.call(func() error {
+		idx, err := remote.Referrers(l.repo.Digest(subject.String()), remote.Reuse(l.puller), remote.WithContext(ctx))
+		if err == nil {
+			im, err = idx.IndexManifest()
+		}
+		return err
+	})
 	if err != nil {
-		return nil, fmt.Errorf("source image %s: listing the referrers of %s: %w", img.ref.Source, subject, err)
-	}
-	im, err := idx.IndexManifest()
-	if err != nil {
-		return nil, fmt.Errorf("source image %s: listing the referrers of %s: %w", img.ref.Source, subject, err)
+		return nil, fmt.Errorf("source image %s: listing the referrers of %s: %w", l.img.ref.Source, subject, err)
 	}
 	found := make([]*referrer, len(im.Manifests))
-	err = forEach(len(im.Manifests), 4, func(i int) error {
+	err = forEach(len(im.Manifests), len(im.Manifests), func(i int) error {
 		d := im.Manifests[i]
-		desc, err := puller.Get(ctx, repo.Digest(d.Digest.String()))
+		if !d.MediaType.IsImage() && !d.MediaType.IsIndex() && !isManifestType(d.MediaType) {
+			l.warn("referrer %s@%s of %s is not copied: its media type %s is not an image manifest or index", l.repo, d.Digest, subject, d.MediaType)
+			return nil
+		}
+		var desc *remote.Descriptor
+		err := l.call(func() error {
+			var err error
+			desc, err = l.puller.Get(ctx, l.repo.Digest(d.Digest.String()))
+			return err
+		})
 		if notFound(err) {
-			log.printf("referrer %s of %s is listed in %s but gone: passed over", d.Digest, subject, repo)
+			l.warn("referrer %s@%s of %s is not copied: the source lists it, but it is gone", l.repo, d.Digest, subject)
 			return nil
 		}
 		if err != nil {
-			return fmt.Errorf("source image %s: referrer %s of %s: %w", img.ref.Source, d.Digest, subject, err)
+			return fmt.Errorf("source image %s: referrer %s of %s: %w", l.img.ref.Source, d.Digest, subject, err)
 		}
-		r, err := newReferrer(ctx, puller, img, repo, subject, desc)
+		r, err := l.newReferrer(ctx, subject, desc)
 		if err != nil {
 			return err
 		}
@@ -169,23 +283,31 @@ func listedReferrers(ctx context.Context, puller *remote.Puller, img *plannedIma
 }
 
 // cosignTagged fetches what cosign keeps under the tags sha256-<hex>.sig, .att and .sbom of
-// subject, when they exist.
-func cosignTagged(ctx context.Context, puller *remote.Puller, img *plannedImage, repo name.Repository, subject v1.Hash) ([]*referrer, error) {
+// subject, when they exist (a HEAD each: most do not, and registries meter GETs).
+func (l *referrerLookup) cosignTagged(ctx context.Context, subject v1.Hash) ([]*referrer, error) {
 	found := make([]*referrer, len(cosignSuffixes))
 	err := forEach(len(cosignSuffixes), len(cosignSuffixes), func(i int) error {
-		tag := subject.Algorithm + "-" + subject.Hex + cosignSuffixes[i]
-		desc, err := puller.Get(ctx, repo.Tag(tag))
+		tag := l.repo.Tag(subject.Algorithm + "-" + subject.Hex + cosignSuffixes[i])
+		var desc *remote.Descriptor
+		err := l.call(func() error {
+			if _, err := l.puller.Head(ctx, tag); err != nil {
+				return err
+			}
+			var err error
+			desc, err = l.puller.Get(ctx, tag)
+			return err
+		})
 		if notFound(err) {
 			return nil
 		}
 		if err != nil {
-			return fmt.Errorf("source image %s: %s: %w", img.ref.Source, repo.Tag(tag), err)
+			return fmt.Errorf("source image %s: %s: %w", l.img.ref.Source, tag, err)
 		}
-		r, err := newReferrer(ctx, puller, img, repo, subject, desc)
+		r, err := l.newReferrer(ctx, subject, desc)
 		if err != nil {
 			return err
 		}
-		r.tag = tag
+		r.tag = tag.TagStr()
 		// cosign names what it holds by its layers' media type (simple signing, DSSE envelope, SBOM format).
 		if m, err := v1.ParseManifest(bytes.NewReader(desc.Manifest)); err == nil && len(m.Layers) > 0 {
 			r.artifactType = string(m.Layers[0].MediaType)
@@ -208,9 +330,9 @@ func compact(found []*referrer) []*referrer {
 }
 
 // newReferrer gathers a referrer's manifests and blobs, as walk does an image's.
-func newReferrer(ctx context.Context, puller *remote.Puller, img *plannedImage, repo name.Repository, subject v1.Hash, desc *remote.Descriptor) (*referrer, error) {
-	w := &plannedImage{ref: img.ref}
-	if err := w.walk(ctx, puller, repo, manifestNode{Digest: desc.Digest, MediaType: desc.MediaType, Raw: desc.Manifest}, map[v1.Hash]bool{}); err != nil {
+func (l *referrerLookup) newReferrer(ctx context.Context, subject v1.Hash, desc *remote.Descriptor) (*referrer, error) {
+	w := &plannedImage{ref: l.img.ref}
+	if err := w.walk(ctx, l.puller, l.repo, manifestNode{Digest: desc.Digest, MediaType: desc.MediaType, Raw: desc.Manifest}, map[v1.Hash]bool{}); err != nil {
 		return nil, err
 	}
 	return &referrer{subject: subject, digest: desc.Digest, manifests: w.manifests, blobs: w.blobs}, nil
@@ -218,22 +340,25 @@ func newReferrer(ctx context.Context, puller *remote.Puller, img *plannedImage, 
 
 // planReferrerCopy settles what the image's copy carries once its referrers are known: the
 // blobs of the referrers the target lacks, and no image blob when the image is there already.
-// claimed holds the referrers another image bound for the same repository carries already.
-func (p *plannedImage) planReferrerCopy(claimed map[string]bool) {
+// claimed holds the referrers an earlier image bound for the same repository writes: this image
+// shares them and waits for them before its tag.
+func (p *plannedImage) planReferrerCopy(claimed map[string]*referrer) {
 	if p.action == ActionSkipped {
 		p.blobs = nil
 		p.imageThere = true
 	}
-	for _, r := range p.referrers {
+	for i, r := range p.referrers {
 		if r.action != ActionWouldPush {
 			continue
 		}
 		key := r.targetRef(p.ref.To).String()
-		if claimed[key] {
-			r.action = ActionSkipped // written by another image of this run
+		if first, ok := claimed[key]; ok {
+			p.referrers[i] = first
+			p.referrersAwaited = append(p.referrersAwaited, first)
 			continue
 		}
-		claimed[key] = true
+		claimed[key] = r
+		r.done = make(chan struct{})
 		p.referrersToCopy = append(p.referrersToCopy, r)
 		for _, b := range r.blobs {
 			p.needBlob(b)
@@ -251,33 +376,63 @@ func (p *plannedImage) needBlob(b blobDesc) {
 	p.blobs = append(p.blobs, b)
 }
 
-// putReferrers writes the referrers the target lacks, one after another: on a registry without
+// putReferrers writes the referrers this image carries, one after another (on a registry without
 // the Referrers API each write updates the subject's tag-schema index, read and rewritten whole,
-// and two writes at once would lose one.
+// and two writes at once would lose one), then waits for those another image of the run writes.
 func (c *copier) putReferrers(ctx context.Context, img *plannedImage) error {
 	for _, r := range img.referrersToCopy {
-		for k, m := range r.manifests {
-			ref := name.Reference(img.ref.To.Digest(m.Digest.String()))
-			if k == len(r.manifests)-1 {
-				ref = r.targetRef(img.ref.To)
-			}
-			if err := c.pusher.Put(ctx, ref, rawManifest{raw: m.Raw, mt: m.MediaType}); err != nil {
-				return fmt.Errorf("writing referrer %s of %s: %w", m.Digest, r.subject, err)
-			}
+		err := c.putReferrer(ctx, img, r)
+		r.end(err)
+		if err != nil {
+			return err
 		}
-		c.log.printf("referrer %s (%s) of %s in %s", r.digest, r.artifactType, r.subject, img.ref.To)
+	}
+	for _, r := range img.referrersAwaited {
+		select {
+		case <-r.done:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		if r.err != nil {
+			return fmt.Errorf("referrer %s of %s: %w", r.digest, r.subject, r.err)
+		}
 	}
 	return nil
 }
 
-// referrerResults reports an image's referrers after the run.
+func (c *copier) putReferrer(ctx context.Context, img *plannedImage, r *referrer) error {
+	for k, m := range r.manifests {
+		ref := name.Reference(img.ref.To.Digest(m.Digest.String()))
+		if k == len(r.manifests)-1 {
+			ref = r.targetRef(img.ref.To)
+		}
+		if err := c.pusher.Put(ctx, ref, rawManifest{raw: m.Raw, mt: m.MediaType}); err != nil {
+			return fmt.Errorf("writing referrer %s of %s: %w", m.Digest, r.subject, err)
+		}
+	}
+	c.log.printf("referrer %s (%s) of %s in %s", r.digest, r.artifactType, r.subject, img.ref.To)
+	return nil
+}
+
+// endReferrers marks the referrers img was to write and did not get to as failed with err, so
+// that no other image waits for them.
+func endReferrers(img *plannedImage, err error) {
+	if err == nil {
+		err = errors.New("not written")
+	}
+	for _, r := range img.referrersToCopy {
+		r.end(fmt.Errorf("not written: %w", err))
+	}
+}
+
+// referrerResults reports an image's referrers.
 func referrerResults(img *plannedImage) []ReferrerResult {
 	var out []ReferrerResult
 	for _, r := range img.referrers {
 		action := r.action
 		if action == ActionWouldPush {
 			switch {
-			case img.arrived:
+			case r.written:
 				action = ActionPushed
 			case img.action == ActionFailed:
 				action = ActionNotPushed

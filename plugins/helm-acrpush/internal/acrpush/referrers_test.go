@@ -1,12 +1,20 @@
 package acrpush
 
 import (
+	"errors"
+	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/registry"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	"github.com/google/go-containerregistry/pkg/v1/random"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 
@@ -49,7 +57,8 @@ func TestPushReferrers(t *testing.T) {
 		{"referrers API", []registry.Option{registry.WithReferrersSupport(true)}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			f := newFixture(t, 512)
+			// The source lists referrers the same way as the target (tag schema or API).
+			f := newFixture(t, 512, tc.opts...)
 			apiSig := attach(t, f.src.Host+"/team/api", f.apiDigest, types.DockerManifestSchema2, notarySignature)
 			sbom := attach(t, f.src.Host+"/team/web", f.indexDigest, types.OCIImageIndex, spdxSBOM)
 			sbomSig := attach(t, f.src.Host+"/team/web", sbom, types.OCIManifestSchema1, notarySignature)
@@ -167,6 +176,9 @@ func TestPushReferrers(t *testing.T) {
 		if got := countReferrers(res, ActionPushed); got != 1 {
 			t.Errorf("%d referrers pushed, want 1", got)
 		}
+		if len(res.Warnings) != 1 || !strings.Contains(res.Warnings[0], gone.String()) || !strings.Contains(res.Warnings[0], "it is gone") {
+			t.Errorf("warnings = %q, want one naming %s", res.Warnings, gone)
+		}
 	})
 
 	// cosign's tag convention: sha256-<hex>.sig travels under its tag; a different one at the
@@ -218,6 +230,171 @@ func TestPushReferrers(t *testing.T) {
 		}
 		if got := digestAt(t, other.Host+"/team/api:"+sigTag); got != sig.String() {
 			t.Errorf("with --force %s = %q, want %s", sigTag, got, sig)
+		}
+	})
+
+	// Two tags of one image in one repository share its signature: written once, before either tag.
+	t.Run("two tags share a signature", func(t *testing.T) {
+		f := newFixture(t, 512)
+		sig := attach(t, f.src.Host+"/team/api", f.apiDigest, types.DockerManifestSchema2, notarySignature)
+		if err := pushImage(f.src.Host+"/team/api:latest", f.api); err != nil {
+			t.Fatal(err)
+		}
+		dst := newTestRegistry(t)
+		// The signature's write is slow: a tag that does not wait for it is written first.
+		target, err := url.Parse(dst.URL)
+		if err != nil {
+			t.Fatal(err)
+		}
+		rp := httputil.NewSingleHostReverseProxy(target)
+		slow := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if r.Method == http.MethodPut && strings.HasSuffix(r.URL.Path, "/manifests/"+sig.String()) {
+				time.Sleep(300 * time.Millisecond)
+			}
+			rp.ServeHTTP(w, r)
+		}))
+		defer slow.Close()
+		res, err := Push(ctxT(t), f.writeChart(t), Destination{Registry: strings.TrimPrefix(slow.URL, "http://")}, anonymous(), fastRetry(), Referrers, WithImages(f.src.Host+"/team/api:latest"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		sigAt, tags := -1, map[string]int{}
+		dst.mu.Lock()
+		for i, r := range dst.reqs {
+			switch r {
+			case "PUT /v2/team/api/manifests/" + sig.String() + "?":
+				if sigAt < 0 {
+					sigAt = i
+				}
+			case "PUT /v2/team/api/manifests/2.1?", "PUT /v2/team/api/manifests/latest?":
+				tags[r] = i
+			}
+		}
+		dst.mu.Unlock()
+		if len(tags) != 2 {
+			t.Fatalf("tags written: %v", tags)
+		}
+		for tag, at := range tags {
+			if sigAt < 0 || at < sigAt {
+				t.Errorf("%s at request %d, the signature at %d: want the signature first", tag, at, sigAt)
+			}
+		}
+		if n := dst.count(func(s string) bool { return s == "PUT /v2/team/api/manifests/"+sig.String()+"?" }); n != 1 {
+			t.Errorf("signature written %d times, want once", n)
+		}
+		if got := countReferrers(res, ActionPushed); got != 2 {
+			t.Errorf("rows with the signature pushed = %d, want 2 (one per tag): %+v", got, res.Images)
+		}
+	})
+
+	// One SBOM attached by cosign to an index and to one of its platform images has the same
+	// bytes under two tags: both tags travel.
+	t.Run("cosign tags with the same bytes", func(t *testing.T) {
+		f := newFixture(t, 512)
+		sbomImg, err := random.Image(128, 1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		amd, _ := f.amd64.Digest()
+		var tags []string
+		for _, d := range []v1.Hash{f.indexDigest, amd} {
+			tag := "sha256-" + d.Hex + ".sbom"
+			tags = append(tags, tag)
+			if err := pushImage(f.src.Host+"/team/web:"+tag, sbomImg); err != nil {
+				t.Fatal(err)
+			}
+		}
+		dst := newTestRegistry(t)
+		if _, err := Push(ctxT(t), f.writeChart(t), Destination{Registry: dst.Host}, anonymous(), fastRetry(), Referrers); err != nil {
+			t.Fatal(err)
+		}
+		want, _ := sbomImg.Digest()
+		for _, tag := range tags {
+			if got := digestAt(t, dst.Host+"/team/web:"+tag); got != want.String() {
+				t.Errorf("%s at the target = %q, want %s", tag, got, want)
+			}
+		}
+	})
+
+	// A referrer that fails to be written: those before it are reported pushed, it and the rest
+	// not pushed, the tag is not written and the chart stays out.
+	t.Run("a referrer write fails", func(t *testing.T) {
+		f := newFixture(t, 512)
+		first := attach(t, f.src.Host+"/team/api", f.apiDigest, types.DockerManifestSchema2, notarySignature)
+		second := attach(t, f.src.Host+"/team/api", first, types.OCIManifestSchema1, notarySignature)
+		dst := newTestRegistry(t)
+		proxy := newFaultProxy(t, dst.URL, faultConfig{refuse: func(method, path string) bool {
+			return method == "PUT" && strings.HasSuffix(path, "/manifests/"+second.String())
+		}})
+		res, err := Push(ctxT(t), f.writeChart(t), Destination{Registry: proxy.Host}, anonymous(), fastRetry(), Referrers)
+		var ce *CopyError
+		if !errors.As(err, &ce) || res == nil {
+			t.Fatalf("err = %v, want a CopyError", err)
+		}
+		actions := map[string]string{}
+		for _, img := range res.Images {
+			for _, r := range img.Referrers {
+				actions[r.Digest] = r.Action
+			}
+		}
+		if actions[first.String()] != ActionPushed || actions[second.String()] != ActionNotPushed {
+			t.Errorf("referrer actions = %v, want %s pushed and %s not pushed", actions, first, second)
+		}
+		if digestAt(t, dst.Host+"/team/api:2.1") != "" || digestAt(t, dst.Host+"/shop:0.3.0") != "" {
+			t.Error("the tag or the chart was written although a referrer failed")
+		}
+	})
+
+	// Signed again at the source, cosign's .sig holds the old signature and a new one: a rerun
+	// replaces the target's without --force.
+	t.Run("cosign signed again", func(t *testing.T) {
+		f := newFixture(t, 512)
+		tag := f.src.Host + "/team/api:sha256-" + f.apiDigest.Hex + ".sig"
+		once, err := random.Image(128, 1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := pushImage(tag, once); err != nil {
+			t.Fatal(err)
+		}
+		chartDir := f.writeChart(t)
+		dst := newTestRegistry(t)
+		if _, err := Push(ctxT(t), chartDir, Destination{Registry: dst.Host}, anonymous(), fastRetry(), Referrers); err != nil {
+			t.Fatal(err)
+		}
+		more, err := random.Layer(128, types.MediaType("application/vnd.dev.cosign.simplesigning.v1+json"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		twice, err := mutate.AppendLayers(once, more)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := pushImage(tag, twice); err != nil {
+			t.Fatal(err)
+		}
+		res, err := Push(ctxT(t), chartDir, Destination{Registry: dst.Host}, anonymous(), fastRetry(), Referrers)
+		if err != nil {
+			t.Fatalf("rerun after signing again: %v", err)
+		}
+		want, _ := twice.Digest()
+		if got := digestAt(t, dst.Host+"/team/api:sha256-"+f.apiDigest.Hex+".sig"); got != want.String() || countReferrers(res, ActionPushed) != 1 {
+			t.Errorf(".sig at the target = %s, want %s", got, want)
+		}
+	})
+
+	// --platform narrowing an index leaves the index's SBOM behind, with a warning.
+	t.Run("narrowed index", func(t *testing.T) {
+		f := newFixture(t, 512)
+		attach(t, f.src.Host+"/team/web", f.indexDigest, types.OCIImageIndex, spdxSBOM)
+		dst := newTestRegistry(t)
+		res, err := Push(ctxT(t), f.writeChart(t), Destination{Registry: dst.Host}, anonymous(), fastRetry(), Referrers,
+			WithPlatforms(v1.Platform{OS: "linux", Architecture: "amd64"}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(res.Warnings) != 1 || !strings.Contains(res.Warnings[0], "1 referrers of "+f.src.Host+"/team/web@"+f.indexDigest.String()) || !strings.Contains(res.Warnings[0], "--platform narrowed") {
+			t.Errorf("warnings = %q", res.Warnings)
 		}
 	})
 
