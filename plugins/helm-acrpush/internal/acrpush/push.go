@@ -132,6 +132,9 @@ func Push(ctx context.Context, chartPath string, dst Destination, opts ...Option
 		// The exchange goes through the same retries and request log as everything else.
 		ea.Client = &http.Client{Transport: rt}
 	}
+	preCtx, stopPreconnect := context.WithCancel(ctx) // none outlives the run
+	defer stopPreconnect()
+	preconnect(preCtx, o.Transport, dstRegistry, o.Jobs+2)
 	// Sign in while the chart renders and the source images are resolved (the Entra token and the
 	// exchange are the longest chain before the first byte moves); target checks wait for it. A
 	// chart that does not load or render is still reported first.
