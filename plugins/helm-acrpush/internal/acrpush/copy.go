@@ -251,22 +251,12 @@ func (p *plannedImage) addBlob(d v1.Descriptor) {
 // a time, so that uploads need not ask one by one.
 func checkBlobs(ctx context.Context, sess *sessions, img *plannedImage, jobs int) error {
 	present := make([]bool, len(img.blobs))
-	errs := make([]error, len(img.blobs))
-	sem := make(chan struct{}, jobs)
-	var wg sync.WaitGroup
-	for i, b := range img.blobs {
-		wg.Add(1)
-		sem <- struct{}{}
-		go func() {
-			defer func() { <-sem; wg.Done() }()
-			present[i], errs[i] = blobExists(ctx, sess, img.ref.To, b.Digest)
-		}()
-	}
-	wg.Wait()
-	for _, err := range errs {
-		if err != nil {
-			return registryError(img.ref.To.RegistryStr(), err)
-		}
+	if err := forEach(len(img.blobs), jobs, func(i int) error {
+		var err error
+		present[i], err = blobExists(ctx, sess, img.ref.To, img.blobs[i].Digest)
+		return err
+	}); err != nil {
+		return registryError(img.ref.To.RegistryStr(), err)
 	}
 	img.present = map[v1.Hash]bool{}
 	for i, b := range img.blobs {
@@ -587,14 +577,10 @@ func (c *copier) putManifests(ctx context.Context, img *plannedImage) error {
 	last := len(img.manifests) - 1
 	put := func(j int) error {
 		m := img.manifests[j]
-		ref := name.Reference(img.ref.To.Digest(m.Digest.String()))
 		if j == last {
-			ref = img.ref.targetRef(m.Digest.String())
+			return c.putManifest(ctx, img.ref.targetRef(m.Digest.String()), m)
 		}
-		if err := c.pusher.Put(ctx, ref, rawManifest{raw: m.Raw, mt: m.MediaType}); err != nil {
-			return fmt.Errorf("writing manifest %s: %w", m.Digest, err)
-		}
-		return nil
+		return c.putManifest(ctx, img.ref.To.Digest(m.Digest.String()), m)
 	}
 	errs := make([]error, last)
 	var wg sync.WaitGroup
@@ -622,8 +608,8 @@ func (c *copier) putManifests(ctx context.Context, img *plannedImage) error {
 		// Signatures and SBOMs are there before the tag is: the top-level manifest is written by
 		// digest first, then what refers to it, then the tag.
 		m := img.manifests[last]
-		if err := c.pusher.Put(ctx, img.ref.To.Digest(m.Digest.String()), rawManifest{raw: m.Raw, mt: m.MediaType}); err != nil {
-			return fmt.Errorf("writing manifest %s: %w", m.Digest, err)
+		if err := c.putManifest(ctx, img.ref.To.Digest(m.Digest.String()), m); err != nil {
+			return err
 		}
 		if err := c.putReferrers(ctx, img); err != nil {
 			return err
@@ -633,6 +619,14 @@ func (c *copier) putManifests(ctx context.Context, img *plannedImage) error {
 		}
 	}
 	return put(last)
+}
+
+// putManifest writes m under ref.
+func (c *copier) putManifest(ctx context.Context, ref name.Reference, m manifestNode) error {
+	if err := c.pusher.Put(ctx, ref, rawManifest{raw: m.Raw, mt: m.MediaType}); err != nil {
+		return fmt.Errorf("writing manifest %s: %w", m.Digest, err)
+	}
+	return nil
 }
 
 func (c *copier) opener(src name.Repository, d blobDesc) blobOpener {

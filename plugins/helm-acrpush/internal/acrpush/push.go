@@ -434,18 +434,12 @@ func plan(ctx context.Context, sess *sessions, refs []*imageRef, o *Options, log
 		for _, img := range images {
 			img.planReferrerCopy(claimed)
 		}
-		for i, img := range images {
-			if o.DryRun || len(img.blobs) == 0 {
-				continue
+		_ = forEach(len(images), o.Jobs, func(i int) error {
+			if !o.DryRun && len(images[i].blobs) > 0 {
+				errs[i] = checkBlobs(ctx, sess, images[i], o.Jobs)
 			}
-			wg.Add(1)
-			sem <- struct{}{}
-			go func() {
-				defer func() { <-sem; wg.Done() }()
-				errs[i] = checkBlobs(ctx, sess, img, o.Jobs)
-			}()
-		}
-		wg.Wait()
+			return nil // kept in errs: a sign-in failure is told apart below
+		})
 	}
 	// A sign-in failure is the same for every image: report it once.
 	for _, err := range errs {

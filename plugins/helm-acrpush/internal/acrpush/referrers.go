@@ -406,8 +406,8 @@ func (c *copier) putReferrer(ctx context.Context, img *plannedImage, r *referrer
 		if k == len(r.manifests)-1 {
 			ref = r.targetRef(img.ref.To)
 		}
-		if err := c.pusher.Put(ctx, ref, rawManifest{raw: m.Raw, mt: m.MediaType}); err != nil {
-			return fmt.Errorf("writing referrer %s of %s: %w", m.Digest, r.subject, err)
+		if err := c.putManifest(ctx, ref, m); err != nil {
+			return fmt.Errorf("referrer of %s: %w", r.subject, err)
 		}
 	}
 	c.log.printf("referrer %s (%s) of %s in %s", r.digest, r.artifactType, r.subject, img.ref.To)
@@ -417,11 +417,12 @@ func (c *copier) putReferrer(ctx context.Context, img *plannedImage, r *referrer
 // endReferrers marks the referrers img was to write and did not get to as failed with err, so
 // that no other image waits for them.
 func endReferrers(img *plannedImage, err error) {
-	if err == nil {
-		err = errors.New("not written")
+	why := errors.New("not written")
+	if err != nil {
+		why = fmt.Errorf("not written: %w", err)
 	}
 	for _, r := range img.referrersToCopy {
-		r.end(fmt.Errorf("not written: %w", err))
+		r.end(why)
 	}
 }
 
