@@ -2,6 +2,7 @@ package acrpush
 
 import (
 	"encoding/json"
+	"fmt"
 	"io"
 	"log"
 	"net/http"
@@ -22,6 +23,11 @@ type tokenRegistry struct {
 	mu     sync.Mutex
 	pings  int
 	tokens [][]string // scopes asked, per token request
+	// expireAtManifest makes every token issued so far expire when the first manifest is
+	// written, as an access token does during a push that outlasts it.
+	expireAtManifest bool
+	generation       int
+	refused          int // requests refused with an expired token
 }
 
 func newTokenRegistry(t *testing.T) *tokenRegistry {
@@ -34,7 +40,26 @@ func newTokenRegistry(t *testing.T) *tokenRegistry {
 			r.mu.Lock()
 			r.tokens = append(r.tokens, req.Form["scope"])
 			r.mu.Unlock()
-			_ = json.NewEncoder(w).Encode(map[string]string{"token": "scoped-" + strings.Join(req.Form["scope"], " ")})
+			r.mu.Lock()
+			gen := r.generation
+			r.mu.Unlock()
+			_ = json.NewEncoder(w).Encode(map[string]string{"token": fmt.Sprintf("scoped-%d-%s", gen, strings.Join(req.Form["scope"], " "))})
+			return
+		}
+		r.mu.Lock()
+		if r.expireAtManifest && req.Method == http.MethodPut && strings.Contains(req.URL.Path, "/manifests/") {
+			r.expireAtManifest = false
+			r.generation++
+		}
+		current := fmt.Sprintf("Bearer scoped-%d-", r.generation)
+		expired := strings.HasPrefix(req.Header.Get("Authorization"), "Bearer scoped-") && !strings.HasPrefix(req.Header.Get("Authorization"), current)
+		if expired {
+			r.refused++
+		}
+		r.mu.Unlock()
+		if expired {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="`+r.URL+`/token",service="test",error="invalid_token"`)
+			w.WriteHeader(http.StatusUnauthorized)
 			return
 		}
 		if req.URL.Path == "/v2/" {
@@ -91,5 +116,31 @@ func TestOneTokenPerRegistry(t *testing.T) {
 		if !slices.Contains(dst.tokens[0], "repository:"+repo+":push,pull") {
 			t.Errorf("token scopes %v lack %s", dst.tokens[0], repo)
 		}
+	}
+}
+
+// An access token that expires before the manifests are written (a long push) is renewed, and
+// the manifest is sent again whole: go-containerregistry sends the same request a second time
+// after fetching the new token, its body already read.
+func TestPushOutlastsItsToken(t *testing.T) {
+	f := newFixture(t, 1024)
+	dst := newTokenRegistry(t)
+	dst.expireAtManifest = true
+	res, err := Push(ctxT(t), f.writeChart(t), Destination{Registry: dst.Host, Prefix: "mirror"}, anonymous(), fastRetry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, img := range res.Images {
+		if img.Action != ActionPushed || digestAt(t, img.Target) != img.Digest {
+			t.Errorf("image %+v not pushed whole", img)
+		}
+	}
+	if res.Chart == nil || res.Chart.Action != ActionPushed || digestAt(t, res.Chart.Reference) != res.Chart.Digest {
+		t.Fatalf("chart %+v not pushed whole", res.Chart)
+	}
+	dst.mu.Lock()
+	defer dst.mu.Unlock()
+	if dst.refused == 0 || len(dst.tokens) < 2 {
+		t.Fatalf("the token never expired: %d refusals, %d token requests", dst.refused, len(dst.tokens))
 	}
 }

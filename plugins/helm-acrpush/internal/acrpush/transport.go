@@ -43,7 +43,7 @@ func isRetryError(err error) bool {
 		return false
 	}
 	var nerr net.Error
-	return errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) || errors.Is(err, syscall.ECONNRESET) ||
+	return errors.Is(err, errSentOnce) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) || errors.Is(err, syscall.ECONNRESET) ||
 		errors.Is(err, syscall.EPIPE) || errors.Is(err, net.ErrClosed) ||
 		(errors.As(err, &nerr) && nerr.Timeout())
 }
@@ -62,8 +62,38 @@ func retryAfter(h string, now time.Time) time.Duration {
 	return 0
 }
 
+// errSentOnce is what a second send of a blob's streamed body gets: the upload starts over.
+var errSentOnce = errors.New("the request was sent again after its body was streamed (a new token was needed)")
+
+// sendOnce is a request body that can be sent once: a blob streamed from its source. A transport
+// above the retrying one that sends the request again (go-containerregistry's bearer transport,
+// after a 401 when the access token expired during the push) gets errSentOnce, which restarts
+// the upload with a fresh source and the new token, instead of sending an empty body.
+type sendOnce struct {
+	io.Reader
+	sent atomic.Bool
+}
+
+// Close does nothing: the upload closes its source itself.
+func (b *sendOnce) Close() error { return nil }
+
 func (t *retryTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	if b, ok := req.Body.(*sendOnce); ok && b.sent.Swap(true) {
+		return nil, errSentOnce
+	}
 	replayable := req.Method != http.MethodPatch && (req.Body == nil || req.Body == http.NoBody || req.GetBody != nil)
+	if req.GetBody != nil && req.Body != nil && req.Body != http.NoBody {
+		// go-containerregistry's bearer transport sends a request again, body already read, when
+		// a 401 asked for a new token (an access token that expired during a long push, a scope
+		// the first token lacked): every send starts from a fresh copy of the body.
+		body, err := req.GetBody()
+		if err != nil {
+			return nil, err
+		}
+		_ = req.Body.Close()
+		req = req.Clone(req.Context())
+		req.Body = body
+	}
 	wait := t.policy.Initial
 	for attempt := 1; ; attempt++ {
 		if attempt > 1 && req.GetBody != nil {

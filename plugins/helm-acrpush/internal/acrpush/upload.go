@@ -157,7 +157,7 @@ func (u *blobUploader) try(ctx context.Context, client *http.Client, repo name.R
 	q := loc.Query()
 	q.Set("digest", d.Digest.String())
 	loc.RawQuery = q.Encode()
-	req, err = http.NewRequestWithContext(ctx, http.MethodPut, loc.String(), io.NopCloser(counted))
+	req, err = http.NewRequestWithContext(ctx, http.MethodPut, loc.String(), &sendOnce{Reader: counted})
 	if err != nil {
 		return false, declined, err
 	}
