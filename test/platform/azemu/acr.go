@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/http/httputil"
 	"net/url"
+	"path/filepath"
 	"strings"
 	"time"
 )
@@ -39,7 +40,8 @@ var acrAudiences = []string{
 // acrActions are the actions the service principal is granted (AcrPush and AcrDelete, catalog listing).
 var acrActions = map[string]bool{"pull": true, "push": true, "delete": true, "metadata_read": true, "metadata_write": true, "*": true}
 
-// acrFront is the ACR login server: the token service and a reverse proxy to the real registry.
+// acrFront is the ACR login server: the token service, the tag attributes API and a reverse proxy
+// to the real registry.
 type acrFront struct {
 	cfg         Config
 	loginServer string
@@ -50,6 +52,9 @@ type acrFront struct {
 	tokenKey    *rsa.PrivateKey
 	tokenKid    string
 	tokenX5C    []string
+	upstream    *url.URL
+	client      *http.Client // the front's own requests to the registry (tag lookups)
+	tags        *tagStore
 	proxy       *httputil.ReverseProxy
 }
 
@@ -80,6 +85,33 @@ type refreshClaims struct {
 	Permissions map[string]any `json:"permissions"`
 }
 
+// accessClaims are the claims of a registry access token.
+type accessClaims struct {
+	Jti       string        `json:"jti"`
+	Sub       string        `json:"sub"`
+	Nbf       int64         `json:"nbf"`
+	Exp       int64         `json:"exp"`
+	Iat       int64         `json:"iat"`
+	Iss       string        `json:"iss"`
+	Aud       audience      `json:"aud"`
+	Version   string        `json:"version"`
+	GrantType string        `json:"grant_type"`
+	Tenant    string        `json:"tenant"`
+	Appid     string        `json:"appid"`
+	Access    []accessEntry `json:"access"`
+	Roles     []string      `json:"roles"`
+}
+
+// allows reports whether the token grants action (or "*") on repository repo.
+func (c *accessClaims) allows(repo, action string) bool {
+	for _, e := range c.Access {
+		if e.Type == "repository" && e.Name == repo && (containsString(e.Actions, action) || containsString(e.Actions, "*")) {
+			return true
+		}
+	}
+	return false
+}
+
 // accessEntry is one element of the access claim the distribution registry checks.
 type accessEntry struct {
 	Type    string   `json:"type"`
@@ -87,7 +119,18 @@ type accessEntry struct {
 	Actions []string `json:"actions"`
 }
 
-func newACRFront(cfg Config, e *entra, refreshKey, tokenKey *rsa.PrivateKey, tokenCertDER []byte, upstream *url.URL, now func() time.Time) *acrFront {
+// newACRFront builds the login server in front of upstream, with the tag attributes kept in
+// cfg.Dir (FileACRTagAttributes) when it is set.
+func newACRFront(cfg Config, e *entra, refreshKey, tokenKey *rsa.PrivateKey, tokenCertDER []byte, upstream *url.URL, now func() time.Time) (*acrFront, error) {
+	var tagFile string
+	if cfg.Dir != "" {
+		tagFile = filepath.Join(cfg.Dir, FileACRTagAttributes)
+	}
+	tags, err := newTagStore(tagFile, now)
+	if err != nil {
+		return nil, err
+	}
+	transport := upstreamTransport()
 	a := &acrFront{
 		cfg:         cfg,
 		loginServer: cfg.ACRAddr,
@@ -98,6 +141,9 @@ func newACRFront(cfg Config, e *entra, refreshKey, tokenKey *rsa.PrivateKey, tok
 		tokenKey:    tokenKey,
 		tokenKid:    jwkThumbprint(&tokenKey.PublicKey),
 		tokenX5C:    []string{base64.StdEncoding.EncodeToString(tokenCertDER)},
+		upstream:    upstream,
+		client:      &http.Client{Transport: transport, Timeout: 30 * time.Second},
+		tags:        tags,
 	}
 	a.proxy = &httputil.ReverseProxy{
 		Rewrite: func(pr *httputil.ProxyRequest) {
@@ -110,9 +156,12 @@ func newACRFront(cfg Config, e *entra, refreshKey, tokenKey *rsa.PrivateKey, tok
 			if loc := resp.Header.Get("Location"); loc != "" {
 				resp.Header.Set("Location", rewriteLocation(loc, upstream, a.loginServer))
 			}
+			if err := a.tags.observe(resp); err != nil {
+				a.logf("acr: %v", err)
+			}
 			return nil
 		},
-		Transport:     upstreamTransport(),
+		Transport:     transport,
 		FlushInterval: -1,
 		ErrorLog:      log.New(logfWriter(cfg.Logf), "acr proxy: ", 0),
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
@@ -120,7 +169,7 @@ func newACRFront(cfg Config, e *entra, refreshKey, tokenKey *rsa.PrivateKey, tok
 			writeACRError(w, http.StatusBadGateway, "UNAVAILABLE", "the registry backend is unavailable")
 		},
 	}
-	return a
+	return a, nil
 }
 
 func (a *acrFront) logf(format string, args ...any) {
@@ -137,6 +186,7 @@ func (a *acrFront) handler() http.Handler {
 	mux.HandleFunc("/oauth2/", func(w http.ResponseWriter, r *http.Request) {
 		writeACRError(w, http.StatusNotFound, "NOT_FOUND", "the requested resource was not found")
 	})
+	mux.HandleFunc("/acr/v1/", a.meta)
 	mux.HandleFunc("/", a.registry)
 	return mux
 }
@@ -146,12 +196,17 @@ func (a *acrFront) challenge() string {
 	return fmt.Sprintf("Bearer realm=%q,service=%q", "https://"+a.loginServer+"/oauth2/token", a.loginServer)
 }
 
-// registry answers the unauthenticated ping itself, the way ACR does, and proxies the rest: the
-// registry behind it verifies the bearer tokens this front issued and challenges with the same realm.
+// registry answers the unauthenticated ping itself, the way ACR does, refuses manifest writes and
+// deletes that a tag lock forbids, and proxies the rest: the registry behind it verifies the bearer
+// tokens this front issued and challenges with the same realm.
 func (a *acrFront) registry(w http.ResponseWriter, r *http.Request) {
 	if (r.URL.Path == "/v2/" || r.URL.Path == "/v2") && r.Header.Get("Authorization") == "" && (r.Method == http.MethodGet || r.Method == http.MethodHead) {
 		w.Header().Set("WWW-Authenticate", a.challenge())
 		writeACRError(w, http.StatusUnauthorized, "UNAUTHORIZED", acrAuthRequired)
+		return
+	}
+	if a.tags.refuses(r) {
+		writeDisallowed(w)
 		return
 	}
 	a.proxy.ServeHTTP(w, r)
@@ -295,30 +350,53 @@ func (a *acrFront) token(w http.ResponseWriter, r *http.Request) {
 		writeACRError(w, http.StatusUnauthorized, "UNAUTHORIZED", "the refresh token is not valid: "+err.Error())
 		return
 	}
-	access := parseScopes(r.Form["scope"])
-	now := a.now()
-	claims := map[string]any{
-		"jti":        newUUID(),
-		"sub":        rc.Sub,
-		"nbf":        now.Unix(),
-		"exp":        now.Add(acrAccessLifetime).Unix(),
-		"iat":        now.Unix(),
-		"iss":        RegistryIssuer,
-		"aud":        a.loginServer,
-		"version":    "3.0",
-		"grant_type": "refresh_token",
-		"tenant":     rc.Tenant,
-		"appid":      rc.Appid,
-		"access":     access,
-		"roles":      []string{},
-	}
-	tok, err := signJWT(a.tokenKey, jwtHeader{Kid: a.tokenKid, X5c: a.tokenX5C}, claims)
+	tok, err := a.issueAccessToken(rc.Sub, rc.Tenant, rc.Appid, parseScopes(r.Form["scope"]))
 	if err != nil {
 		writeACRError(w, http.StatusInternalServerError, "INTERNAL_ERROR", "could not issue an access token")
 		return
 	}
 	w.Header().Set("Cache-Control", "no-store")
 	writeJSON(w, http.StatusOK, map[string]string{"access_token": tok, "token": tok})
+}
+
+// issueAccessToken signs a registry access token for the principal (sub, tenant, appid) granting
+// access: what token answers, and what the front itself uses to look tags up in the registry.
+func (a *acrFront) issueAccessToken(sub, tenant, appid string, access []accessEntry) (string, error) {
+	now := a.now()
+	return signJWT(a.tokenKey, jwtHeader{Kid: a.tokenKid, X5c: a.tokenX5C}, accessClaims{
+		Jti:       newUUID(),
+		Sub:       sub,
+		Nbf:       now.Unix(),
+		Exp:       now.Add(acrAccessLifetime).Unix(),
+		Iat:       now.Unix(),
+		Iss:       RegistryIssuer,
+		Aud:       audience{a.loginServer},
+		Version:   "3.0",
+		GrantType: "refresh_token",
+		Tenant:    tenant,
+		Appid:     appid,
+		Access:    access,
+		Roles:     []string{},
+	})
+}
+
+// verifyAccessToken checks a registry access token the way the registry does: signature with the
+// token key, issuer, audience and lifetime.
+func (a *acrFront) verifyAccessToken(raw string) (*accessClaims, error) {
+	var c accessClaims
+	if err := verifyJWT(raw, &a.tokenKey.PublicKey, &c); err != nil {
+		return nil, err
+	}
+	if err := checkTimes(a.now(), c.Exp, c.Nbf); err != nil {
+		return nil, err
+	}
+	if c.Iss != RegistryIssuer {
+		return nil, errors.New("not an ACR access token")
+	}
+	if !containsString(c.Aud, a.loginServer) {
+		return nil, fmt.Errorf("audience %q is not this registry", strings.Join(c.Aud, ","))
+	}
+	return &c, nil
 }
 
 // verifyRefreshToken checks an ACR refresh token issued by exchange.

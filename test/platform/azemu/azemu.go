@@ -9,6 +9,12 @@
 // exchanged for a registry access token scoped to repositories; the user name
 // 00000000-0000-0000-0000-000000000000 with a refresh token as password works for Basic sign-in.
 //
+// The login server also serves ACR's tag attributes API (GET and PATCH
+// /acr/v1/{repository}/_tags/{tag}, scopes metadata_read and metadata_write), which
+// `az acr repository update --write-enabled false --delete-enabled false` uses to lock a tag, and
+// enforces the locks: a manifest PUT or DELETE they forbid is answered 405
+// REGISTRY_DISALLOWED_OPERATION, as ACR does. The attributes are kept in Dir across restarts.
+//
 // Clients set AZURE_AUTHORITY_HOST to https://<EntraAddr>/ with the address spelled as configured
 // (MSAL requires the discovery issuer's host to be the authority's) and disable instance discovery.
 // Entra errors carry Entra's status, error and AADSTS code: a wrong secret is 401 invalid_client
@@ -144,7 +150,10 @@ func newHandlers(cfg Config, now func() time.Time) (entraH, acrH http.Handler, t
 		return nil, nil, nil, fmt.Errorf("registry url %q is not a URL", cfg.RegistryURL)
 	}
 	e := newEntra(cfg, entraKey, now)
-	a := newACRFront(cfg, e, refreshKey, tokenKey, tokenCert.Raw, upstream, now)
+	a, err := newACRFront(cfg, e, refreshKey, tokenKey, tokenCert.Raw, upstream, now)
+	if err != nil {
+		return nil, nil, nil, fmt.Errorf("loading acr tag attributes: %w", err)
+	}
 	tlsCfg = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
 	return e.handler(), a.handler(), tlsCfg, nil
 }
