@@ -48,7 +48,10 @@ digest. Everything is checked before anything is written, and the chart is pushe
 every image arrived. Images and charts already there with the same digest are skipped; a tag that
 points at another digest is an error unless --force. With --referrers, the signatures, SBOMs and
 attestations that refer to each image (OCI referrers, through the Referrers API or its tag schema,
-and cosign's sha256-<hex>.sig/.att/.sbom tags) travel with it, before its tag is written.
+and cosign's sha256-<hex>.sig/.att/.sbom tags) travel with it, before its tag is written. With
+--lock, the run's tags (images' and chart's) are locked in Azure Container Registry once
+everything is there (writeEnabled and deleteEnabled false, as 'az acr repository update' sets
+them): a release can no longer be moved or deleted.
 
 REGISTRY is a login server (myacr.azurecr.io) or a bare ACR name (myacr).
 
@@ -62,6 +65,9 @@ var pushExample = `  # Push a chart directory and its images to myacr.azurecr.io
 
   # Copy the images' Notation or cosign signatures and SBOMs along with them
   %[1]s ./charts/mlapp myacr/prod --referrers
+
+  # A release: lock the chart's and the images' tags once they are all there
+  %[1]s ./charts/mlapp myacr/prod --version 1.4.0 --lock
 
   # Only amd64 and arm64, and write a values overlay that pins the copies by digest
   %[1]s ./charts/mlapp myacr --platform linux/amd64,linux/arm64 --values-out pinned.yaml`
@@ -77,6 +83,7 @@ type PushOptions struct {
 	ChartOnly      bool
 	ImagesOnly     bool
 	Referrers      bool
+	Lock           bool
 	Images         []string
 	Exclude        string
 	Platforms      []string
@@ -142,6 +149,7 @@ func (o *PushOptions) AddFlags(cmd *cobra.Command) {
 	f.BoolVar(&o.ImagesOnly, "images-only", o.ImagesOnly, "Push the images only, not the chart")
 	f.StringArrayVar(&o.Images, "image", o.Images, "Also push this image (can be repeated)")
 	f.BoolVar(&o.Referrers, "referrers", o.Referrers, "Also copy what refers to each image (signatures, SBOMs, attestations: OCI referrers and cosign's .sig/.att/.sbom tags)")
+	f.BoolVar(&o.Lock, "lock", o.Lock, "Lock the pushed tags in Azure Container Registry once everything is there (no later write or delete; like 'az acr repository update --write-enabled false --delete-enabled false')")
 	f.StringVar(&o.Exclude, "exclude", o.Exclude, "Skip images whose source reference matches this regular expression")
 	f.StringSliceVar(&o.Platforms, "platform", o.Platforms, "Copy only these platforms of multi-platform images (os/arch[/variant], comma-separated; default all)")
 	f.IntVar(&o.Jobs, "jobs", o.Jobs, "Number of blobs over 1 MB transferred in parallel (smaller ones, such as configs, go alongside)")
@@ -247,6 +255,9 @@ func (o *PushOptions) Validate() error {
 	if o.Version != "" && o.ImagesOnly {
 		return errors.New("--version sets the chart's version: it does not apply with --images-only")
 	}
+	if o.Lock && o.Auth != AuthAzure && !acrpush.IsACR(o.Destination.Registry) {
+		return fmt.Errorf("--lock sets tag attributes through Azure Container Registry's API: %s is not an ACR login server (use --auth azure for one behind another name)", o.Destination.Registry)
+	}
 	if o.AzureCred != "" && o.Auth != AuthAzure {
 		return fmt.Errorf("--azure-credential applies to Entra ID sign-in; the registry's sign-in is %q (use --auth azure)", o.Auth)
 	}
@@ -295,7 +306,7 @@ func (o *PushOptions) Run(ctx context.Context) (err error) {
 	if o.exclude != nil {
 		opts = append(opts, acrpush.WithExclude(o.exclude))
 	}
-	for flag, opt := range map[*bool]acrpush.Option{&o.DryRun: acrpush.DryRun, &o.Force: acrpush.Force, &o.ChartOnly: acrpush.ChartOnly, &o.ImagesOnly: acrpush.ImagesOnly, &o.PlainHTTP: acrpush.PlainHTTP, &o.Referrers: acrpush.Referrers} {
+	for flag, opt := range map[*bool]acrpush.Option{&o.DryRun: acrpush.DryRun, &o.Force: acrpush.Force, &o.ChartOnly: acrpush.ChartOnly, &o.ImagesOnly: acrpush.ImagesOnly, &o.PlainHTTP: acrpush.PlainHTTP, &o.Referrers: acrpush.Referrers, &o.Lock: acrpush.Lock} {
 		if *flag {
 			opts = append(opts, opt)
 		}
@@ -334,7 +345,8 @@ func (o *PushOptions) Run(ctx context.Context) (err error) {
 	start := time.Now()
 	res, err := acrpush.Push(ctx, o.ChartPath, o.Destination, opts...)
 	var ce *acrpush.CopyError
-	if err != nil && !errors.As(err, &ce) {
+	var le *acrpush.LockError
+	if err != nil && !errors.As(err, &ce) && !errors.As(err, &le) {
 		return o.oneLine(err)
 	}
 	if perr := o.print(res); perr != nil {
@@ -375,15 +387,23 @@ func (o *PushOptions) print(res *acrpush.Result) error {
 	tw := printers.NewTable(o.Out)
 	fmt.Fprintln(tw, "ARTIFACT\tSOURCE\tTARGET\tDIGEST\tACTION")
 	for _, i := range res.Images {
-		fmt.Fprintf(tw, "image\t%s\t%s\t%s\t%s\n", i.Source, i.Target, i.Digest, i.Action)
+		fmt.Fprintf(tw, "image\t%s\t%s\t%s\t%s\n", i.Source, i.Target, i.Digest, withLock(i.Action, i.Lock))
 		for _, r := range i.Referrers {
 			fmt.Fprintf(tw, "referrer\t%s\t%s\t%s\t%s\n", r.Source, r.Target, r.Digest, r.Action)
 		}
 	}
 	if c := res.Chart; c != nil {
-		fmt.Fprintf(tw, "chart\t%s\t%s\t%s\t%s\n", c.Source, c.Reference, c.Digest, c.Action)
+		fmt.Fprintf(tw, "chart\t%s\t%s\t%s\t%s\n", c.Source, c.Reference, c.Digest, withLock(c.Action, c.Lock))
 	}
 	return tw.Flush()
+}
+
+// withLock adds the lock state to an artifact's action in the table ("pushed, locked").
+func withLock(action, lock string) string {
+	if lock == "" {
+		return action
+	}
+	return action + ", " + lock
 }
 
 func (o *PushOptions) writeOverlay(res *acrpush.Result) error {
@@ -405,10 +425,11 @@ func (o *PushOptions) writeOverlay(res *acrpush.Result) error {
 }
 
 func (o *PushOptions) summary(res *acrpush.Result, took time.Duration) {
-	count, refs := map[string]int{}, map[string]int{}
+	count, refs, locks := map[string]int{}, map[string]int{}, map[string]int{}
 	seen := map[string]bool{} // two tags of one image share its referrers
 	for _, i := range res.Images {
 		count[i.Action]++
+		locks[i.Lock]++
 		for _, r := range i.Referrers {
 			if !seen[r.Target] {
 				seen[r.Target] = true
@@ -419,6 +440,15 @@ func (o *PushOptions) summary(res *acrpush.Result, took time.Duration) {
 	chart := ""
 	if res.Chart != nil {
 		chart = ", chart " + res.Chart.Action
+		locks[res.Chart.Lock]++
+	}
+	lock := ""
+	if o.Lock {
+		if res.DryRun {
+			lock = fmt.Sprintf(", %d tags would be locked, %d already locked", locks[acrpush.LockWould], locks[acrpush.LockAlready])
+		} else {
+			lock = fmt.Sprintf(", %d tags locked, %d already locked", locks[acrpush.LockLocked], locks[acrpush.LockAlready])
+		}
 	}
 	referrers := ""
 	if o.Referrers {
@@ -429,11 +459,11 @@ func (o *PushOptions) summary(res *acrpush.Result, took time.Duration) {
 		}
 	}
 	if res.DryRun {
-		fmt.Fprintf(o.ErrOut, "dry run: %d images would be pushed, %d skipped%s%s; nothing was written\n", count[acrpush.ActionWouldPush], count[acrpush.ActionSkipped], referrers, chart)
+		fmt.Fprintf(o.ErrOut, "dry run: %d images would be pushed, %d skipped%s%s%s; nothing was written\n", count[acrpush.ActionWouldPush], count[acrpush.ActionSkipped], referrers, chart, lock)
 		return
 	}
-	fmt.Fprintf(o.ErrOut, "%d images pushed, %d skipped%s%s; %d blobs uploaded (%d bytes), %d mounted, in %s\n",
-		count[acrpush.ActionPushed], count[acrpush.ActionSkipped], referrers, chart, res.Transfer.BlobUploads, res.Transfer.BytesPushed, res.Transfer.BlobMounts, took.Round(time.Millisecond))
+	fmt.Fprintf(o.ErrOut, "%d images pushed, %d skipped%s%s%s; %d blobs uploaded (%d bytes), %d mounted, in %s\n",
+		count[acrpush.ActionPushed], count[acrpush.ActionSkipped], referrers, chart, lock, res.Transfer.BlobUploads, res.Transfer.BytesPushed, res.Transfer.BlobMounts, took.Round(time.Millisecond))
 }
 
 // lockedWriter serializes writes from several goroutines.

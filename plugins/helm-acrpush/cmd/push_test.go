@@ -166,6 +166,7 @@ func TestBadInputIsOneLine(t *testing.T) {
 		{"exclusive", []string{e.chart, e.dst, "--chart-only", "--images-only"}, "--chart-only and --images-only cannot be used together"},
 		{"referrers with chart-only", []string{e.chart, e.dst, "--chart-only", "--referrers"}, "--chart-only pushes no image: --image, --platform, --exclude and --referrers do not apply"},
 		{"jobs", []string{e.chart, e.dst, "--jobs", "0"}, "--jobs must be at least 1, not 0"},
+		{"lock outside ACR", []string{e.chart, e.dst, "--lock"}, "--lock sets tag attributes through Azure Container Registry's API: " + e.dst + " is not an ACR login server (use --auth azure for one behind another name)"},
 		{"version with images-only", []string{e.chart, e.dst, "--images-only", "--version", "1.2.3"}, "--version sets the chart's version: it does not apply with --images-only"},
 		{"azure credential without azure", []string{e.chart, e.dst, "--auth", "anonymous", "--azure-credential", "azure-cli"}, `--azure-credential applies to Entra ID sign-in; the registry's sign-in is "anonymous" (use --auth azure)`},
 		{"registry", []string{e.chart, "no"}, `registry "no": an ACR name has 5 to 50 letters and digits; give a full login server for other registries`},

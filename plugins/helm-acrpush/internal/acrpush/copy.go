@@ -60,6 +60,8 @@ type plannedImage struct {
 	imageThere       bool        // the target has the image: only referrers travel
 	narrowedFrom     v1.Hash     // the source index --platform narrowed, if any
 	warnings         []string
+
+	lock string // with --lock: the target tag's lock state ("" when the image has no tag)
 }
 
 // resolveImage fetches the source manifests (and child manifests of an index) and narrows an
@@ -624,7 +626,7 @@ func (c *copier) putManifests(ctx context.Context, img *plannedImage) error {
 // putManifest writes m under ref.
 func (c *copier) putManifest(ctx context.Context, ref name.Reference, m manifestNode) error {
 	if err := c.pusher.Put(ctx, ref, rawManifest{raw: m.Raw, mt: m.MediaType}); err != nil {
-		return fmt.Errorf("writing manifest %s: %w", m.Digest, err)
+		return fmt.Errorf("writing manifest %s: %w", m.Digest, lockedWrite(ref, err))
 	}
 	return nil
 }

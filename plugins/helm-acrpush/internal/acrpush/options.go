@@ -38,6 +38,9 @@ type Options struct {
 	ChartOnly, ImagesOnly bool
 	// Referrers copies what refers to each image (signatures, SBOMs, attestations) with it.
 	Referrers bool
+	// Lock locks the tags of the run in Azure Container Registry once everything is there
+	// (writeEnabled and deleteEnabled false, as `az acr repository update` sets them).
+	Lock bool
 
 	// Keychain resolves credentials for the source registries (default authn.DefaultKeychain).
 	Keychain authn.Keychain
@@ -143,6 +146,10 @@ func DryRun(o *Options) { o.DryRun = true }
 // Referrers makes Push copy each image's referrers (OCI subject: signatures, SBOMs,
 // attestations), and theirs, by digest into the image's target repository.
 func Referrers(o *Options) { o.Referrers = true }
+
+// Lock makes Push lock the tags it pushed or found in place (images' and chart's) in Azure
+// Container Registry after the chart is pushed, so that they can no longer be moved or deleted.
+func Lock(o *Options) { o.Lock = true }
 
 // Force lets Push move tags that point at another digest.
 func Force(o *Options) { o.Force = true }

@@ -60,6 +60,9 @@ type ChartResult struct {
 	Action    string `json:"action"`
 	Replaces  string `json:"replaces,omitempty"`
 	Bytes     int64  `json:"bytes"`
+	// Lock is the tag's lock state with --lock (locked, already locked, would lock, failed,
+	// not locked).
+	Lock string `json:"lock,omitempty"`
 }
 
 // ImageResult describes one image.
@@ -71,6 +74,8 @@ type ImageResult struct {
 	Platforms []string `json:"platforms,omitempty"`
 	Action    string   `json:"action"`
 	Replaces  string   `json:"replaces,omitempty"`
+	// Lock is the target tag's lock state with --lock ("" for an image pinned by digest only).
+	Lock string `json:"lock,omitempty"`
 	// Size is the total size of the image's manifests and blobs.
 	Size int64 `json:"size"`
 	// Bytes is what this run uploaded for it, its referrers included (0 when skipped or mounted
@@ -196,6 +201,9 @@ func Push(ctx context.Context, chartPath string, dst Destination, opts ...Option
 	for _, r := range refs {
 		sess.need(r.From.Context(), transport.PullScope)
 		sess.need(r.To, transport.PushScope)
+		if o.Lock {
+			sess.need(r.To, lockAPIScope)
+		}
 	}
 
 	var chartArt *chartArtifact
@@ -208,6 +216,9 @@ func Push(ctx context.Context, chartPath string, dst Destination, opts ...Option
 			return nil, fmt.Errorf("chart reference %q: %w", c.Ref(dst), err)
 		}
 		sess.need(chartRef.Context(), transport.PushScope)
+		if o.Lock {
+			sess.need(chartRef.Context(), lockAPIScope)
+		}
 	}
 	// The chart's target is checked alongside the images'.
 	type targetCheck struct {
@@ -247,6 +258,11 @@ func Push(ctx context.Context, chartPath string, dst Destination, opts ...Option
 		default:
 			res.Chart.Replaces = existing
 			res.Chart.Action = ActionWouldPush
+		}
+		if o.Lock {
+			if res.Chart.Lock, err = planLock(ctx, tagAPI{sess}, chartRef, existing, chartArt.digest.String()); err != nil {
+				return nil, err
+			}
 		}
 	}
 
@@ -314,6 +330,7 @@ func Push(ctx context.Context, chartPath string, dst Destination, opts ...Option
 		if res.Chart != nil {
 			res.Chart.Action = ActionNotPushed
 		}
+		notLocked(res)
 		finish(res, st)
 		return res, &CopyError{Arrived: arrived, Failed: failed, Err: errors.Join(errs...)}
 	}
@@ -323,11 +340,12 @@ func Push(ctx context.Context, chartPath string, dst Destination, opts ...Option
 		if res.Chart.Action == ActionWouldPush {
 			err := chartBlobErr
 			if err == nil {
-				err = chartArt.putManifest(ctx, pusher, chartRef)
+				err = lockedWrite(chartRef, chartArt.putManifest(ctx, pusher, chartRef))
 			}
 			res.Chart.Bytes = chartBytes.Load()
 			if err != nil {
 				res.Chart.Action = ActionFailed
+				notLocked(res)
 				finish(res, st)
 				return res, fmt.Errorf("pushing chart %s (every image arrived): %w", chartRef, registryError(dst.Registry, err))
 			}
@@ -335,8 +353,47 @@ func Push(ctx context.Context, chartPath string, dst Destination, opts ...Option
 		}
 	}
 	res.Overlay, res.Unmapped = buildOverlay(c, merged, res.Images)
+
+	// 5. With --lock, the tags are locked once everything is there.
+	var lockErr error
+	if o.Lock {
+		var targets []lockTarget
+		for _, img := range images {
+			if tag, ok := img.targetName.(name.Tag); ok && img.lock != "" {
+				targets = append(targets, lockTarget{tag, &img.lock})
+			}
+		}
+		if tag, ok := chartRef.(name.Tag); ok && res.Chart != nil && res.Chart.Lock != "" {
+			targets = append(targets, lockTarget{tag, &res.Chart.Lock})
+		}
+		if err := lockTargets(ctx, tagAPI{sess}, targets, o.Jobs); err != nil {
+			lockErr = &LockError{Err: err}
+		}
+		res.Images = imageResults(images)
+	}
 	finish(res, st)
-	return res, nil
+	return res, lockErr
+}
+
+// LockError is returned when everything was pushed but some tags could not be locked; Result
+// says which.
+type LockError struct{ Err error }
+
+func (e *LockError) Error() string { return e.Err.Error() }
+
+// Unwrap returns the cause.
+func (e *LockError) Unwrap() error { return e.Err }
+
+// notLocked marks the locks a failed run did not get to.
+func notLocked(res *Result) {
+	for i := range res.Images {
+		if res.Images[i].Lock == LockWould {
+			res.Images[i].Lock = LockNotDone
+		}
+	}
+	if res.Chart != nil && res.Chart.Lock == LockWould {
+		res.Chart.Lock = LockNotDone
+	}
 }
 
 func nameOpts(o *Options) []name.Option {
@@ -417,6 +474,12 @@ func plan(ctx context.Context, sess *sessions, refs []*imageRef, o *Options, log
 			default:
 				img.action = ActionWouldPush
 			}
+			if o.Lock {
+				if img.lock, err = planLock(ctx, tagAPI{sess}, img.targetName, existing, img.digest.String()); err != nil {
+					errs[i] = err
+					return
+				}
+			}
 			switch {
 			case o.Referrers:
 				// Its blobs are checked once every image's referrers are known (below).
@@ -459,7 +522,7 @@ func imageResults(images []*plannedImage) []ImageResult {
 	for _, img := range images {
 		r := ImageResult{
 			Source: img.ref.Source, Target: img.ref.Target(), Digest: img.digest.String(), MediaType: string(img.mediaType),
-			Platforms: img.platforms, Action: img.action, Size: img.size, Bytes: img.uploaded.Load(), Where: img.where,
+			Platforms: img.platforms, Action: img.action, Lock: img.lock, Size: img.size, Bytes: img.uploaded.Load(), Where: img.where,
 			Referrers: referrerResults(img),
 		}
 		if img.existing != "" && img.existing != r.Digest {
