@@ -23,6 +23,7 @@ type lockingRegistry struct {
 	mu          sync.Mutex
 	attrs       map[string]map[string]bool // repo:tag -> attribute -> value
 	refusePatch bool                       // answer every PATCH 403
+	busyPatches int                        // answer this many PATCH requests 503 first
 }
 
 func newLockingRegistry(t *testing.T) *lockingRegistry {
@@ -74,6 +75,11 @@ func (r *lockingRegistry) serveTag(w http.ResponseWriter, req *http.Request, h h
 	switch req.Method {
 	case http.MethodGet:
 	case http.MethodPatch:
+		if r.busyPatches > 0 {
+			r.busyPatches--
+			w.WriteHeader(http.StatusServiceUnavailable)
+			return
+		}
 		if r.refusePatch {
 			w.WriteHeader(http.StatusForbidden)
 			_, _ = io.WriteString(w, `{"errors":[{"code":"DENIED","message":"requested access to the resource is denied"}]}`)
@@ -233,6 +239,18 @@ func TestPushLockFailures(t *testing.T) {
 			if img.Action != ActionPushed || img.Lock != LockFailed {
 				t.Errorf("image %s: %s, lock %q", img.Target, img.Action, img.Lock)
 			}
+		}
+	})
+
+	t.Run("a lock answered 503 is sent again", func(t *testing.T) {
+		dst := newLockingRegistry(t)
+		dst.busyPatches = 2
+		res, err := Push(ctxT(t), chartDir, Destination{Registry: dst.Host, Prefix: "m"}, anonymous(), fastRetry(), Lock)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if res.Chart.Lock != LockLocked || !dst.locked("m/shop", "0.3.0") || dst.count(isPatch) != 6 {
+			t.Errorf("chart lock %q, %d PATCH", res.Chart.Lock, dst.count(isPatch))
 		}
 	})
 

@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -81,7 +82,10 @@ func (t *retryTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	if b, ok := req.Body.(*sendOnce); ok && b.sent.Swap(true) {
 		return nil, errSentOnce
 	}
-	replayable := req.Method != http.MethodPatch && (req.Body == nil || req.Body == http.NoBody || req.GetBody != nil)
+	// A PATCH appends to a blob upload and is not sent twice; ACR's tag attributes PATCH
+	// (/acr/v1/...) sets values and is.
+	appends := req.Method == http.MethodPatch && !strings.HasPrefix(req.URL.Path, "/acr/")
+	replayable := !appends && (req.Body == nil || req.Body == http.NoBody || req.GetBody != nil)
 	if req.GetBody != nil && req.Body != nil && req.Body != http.NoBody {
 		// go-containerregistry's bearer transport sends a request again, body already read, when
 		// a 401 asked for a new token (an access token that expired during a long push, a scope
