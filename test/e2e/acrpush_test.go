@@ -350,17 +350,23 @@ func (e *apEnv) uploadsSince(t *testing.T, offset int64, prefix string) (uploads
 // after offset.
 func (e *apEnv) logLinesSince(t *testing.T, offset int64, prefix string) []string {
 	t.Helper()
-	data, err := os.ReadFile(filepath.Join(e.env.Vars["PLATFORM_DIR"], "logs", "azure.log"))
-	if err != nil {
-		t.Fatal(err)
-	}
 	var out []string
-	for _, l := range strings.Split(string(data[min(offset, int64(len(data))):]), "\n") {
+	for _, l := range e.logLinesAfter(t, offset) {
 		if strings.Contains(l, "acr: ") && strings.Contains(l, "/v2/"+prefix+"/") {
 			out = append(out, l)
 		}
 	}
 	return out
+}
+
+// logLinesAfter returns the emulators' request log lines written after offset.
+func (e *apEnv) logLinesAfter(t *testing.T, offset int64) []string {
+	t.Helper()
+	data, err := os.ReadFile(filepath.Join(e.env.Vars["PLATFORM_DIR"], "logs", "azure.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return strings.Split(string(data[min(offset, int64(len(data))):]), "\n")
 }
 
 func (e *apEnv) logSize(t *testing.T) int64 {

@@ -142,8 +142,8 @@ func lockedWrite(ref name.Reference, err error) error {
 	}
 	for _, d := range te.Errors {
 		if string(d.Code) == disallowedCode {
-			return fmt.Errorf("%w (the registry refuses to change %s: it is locked, writeEnabled=false; unlock it with 'az acr repository update --name %s --image %s --write-enabled true')",
-				err, ref, registryName(ref.Context().RegistryStr()), strings.TrimPrefix(ref.String(), ref.Context().RegistryStr()+"/"))
+			return fmt.Errorf("the registry refuses to change %s: it is locked (%s: writeEnabled=false on the tag or its repository); unlock it with 'az acr repository update --name %s --image %s --write-enabled true' (or --repository for a locked repository)",
+				ref, disallowedCode, registryName(ref.Context().RegistryStr()), strings.TrimPrefix(ref.String(), ref.Context().RegistryStr()+"/"))
 		}
 	}
 	return err
