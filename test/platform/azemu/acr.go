@@ -205,11 +205,31 @@ func (a *acrFront) registry(w http.ResponseWriter, r *http.Request) {
 		writeACRError(w, http.StatusUnauthorized, "UNAUTHORIZED", acrAuthRequired)
 		return
 	}
-	if a.tags.refuses(r) {
+	if a.tags.refuses(r) && a.mayWrite(r) {
 		writeDisallowed(w)
 		return
 	}
 	a.proxy.ServeHTTP(w, r)
+}
+
+// mayWrite reports whether r's bearer token is valid and grants the write it asks for (push for a
+// PUT, delete for a DELETE): ACR checks credentials before a lock, so a request that fails them
+// goes on to the registry and its 401.
+func (a *acrFront) mayWrite(r *http.Request) bool {
+	raw, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+	if !ok {
+		return false
+	}
+	c, err := a.verifyAccessToken(raw)
+	if err != nil {
+		return false
+	}
+	repo, _, _ := manifestPath(r.URL.Path)
+	action := "push"
+	if r.Method == http.MethodDelete {
+		action = "delete"
+	}
+	return c.allows(repo, action)
 }
 
 // exchange implements POST /oauth2/exchange: an Entra access token for an ACR refresh token.

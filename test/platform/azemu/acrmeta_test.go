@@ -34,7 +34,7 @@ func (f *fakeManifests) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		w.WriteHeader(http.StatusNotFound)
 		return
 	}
-	if r.Header.Get("Authorization") == "" {
+	if auth := r.Header.Get("Authorization"); auth == "" || auth == forged {
 		w.Header().Set("WWW-Authenticate", `Bearer realm="x",service="y"`)
 		w.WriteHeader(http.StatusUnauthorized)
 		return
@@ -139,6 +139,9 @@ func properties(t *testing.T, res result) tagProperties {
 	return p
 }
 
+// forged is a bearer token no registry accepts.
+const forged = "Bearer forged"
+
 const disallowedBody = `{"errors":[{"code":"REGISTRY_DISALLOWED_OPERATION","message":"The operation is disallowed on this registry, repository or image.","detail":{}}]}` + "\n"
 
 func TestACRTagLock(t *testing.T) {
@@ -170,6 +173,7 @@ func TestACRTagLock(t *testing.T) {
 		{"PUT to another tag", http.MethodPut, man + "v2", push, "manifest two", 201, nil, "", true},
 		{"PUT by digest", http.MethodPut, man + v1, push, "manifest one", 201, nil, "", true},
 		{"PUT without credentials", http.MethodPut, man + "v1", "", "manifest one, again", 401, nil, "", true},
+		{"PUT with a token that does not verify", http.MethodPut, man + "v1", forged, "manifest one, again", 401, nil, "", true},
 		{"DELETE the locked tag", http.MethodDelete, man + "v1", push, "", 405, nil, "", false},
 		{"DELETE its digest", http.MethodDelete, man + v1, push, "", 405, nil, "", false},
 		{"DELETE another digest", http.MethodDelete, man + other, push, "", 202, nil, "", true},
@@ -366,7 +370,7 @@ func TestACRTagAttributesErrors(t *testing.T) {
 func TestACRTagLockPersists(t *testing.T) {
 	h, f, rt := newMetaHarness(t)
 	f.put("team/app", "v1", "manifest")
-	auth := "Bearer " + scopedToken(t, h, rt, "repository:team/app:metadata_read,metadata_write")
+	auth := "Bearer " + scopedToken(t, h, rt, "repository:team/app:metadata_read,metadata_write,pull,push")
 	if res := call(t, h, http.MethodPatch, "/acr/v1/team/app/_tags/v1", auth, `{"writeEnabled":false,"readEnabled":false}`); res.status != http.StatusOK {
 		t.Fatalf("PATCH: %d %s", res.status, res.raw)
 	}
