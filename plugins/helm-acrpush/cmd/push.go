@@ -355,9 +355,10 @@ func (o *PushOptions) Run(ctx context.Context) (err error) {
 	for _, w := range res.Warnings {
 		fmt.Fprintf(o.ErrOut, "warning: %s\n", w)
 	}
-	if err != nil {
+	if ce != nil {
 		return o.oneLine(err)
 	}
+	// Past here everything is in the registry; a lock that failed (le) is reported last.
 	if o.ValuesOut != "" && !o.DryRun {
 		if err := o.writeOverlay(res); err != nil {
 			return err
@@ -368,12 +369,15 @@ func (o *PushOptions) Run(ctx context.Context) (err error) {
 			s.Image, acrpush.ArtifactHubImagesAnnotation, s.Container, strings.Join(s.Rendered, ", "))
 	}
 	o.summary(res, time.Since(start))
+	if le != nil {
+		return o.oneLine(err)
+	}
 	return nil
 }
 
 // oneLine keeps a failure on one line of stderr, adding the helm binary to dependency hints.
 func (o *PushOptions) oneLine(err error) error {
-	msg := strings.ReplaceAll(strings.TrimSpace(err.Error()), "\n", "; ")
+	msg := acrpush.RedactQueries(strings.ReplaceAll(strings.TrimSpace(err.Error()), "\n", "; "))
 	if o.helmBin != "" {
 		msg = strings.ReplaceAll(msg, "run 'helm dependency build'", "run '"+o.helmBin+" dependency build "+o.ChartPath+"'")
 	}
@@ -400,8 +404,11 @@ func (o *PushOptions) print(res *acrpush.Result) error {
 
 // withLock adds the lock state to an artifact's action in the table ("pushed, locked").
 func withLock(action, lock string) string {
-	if lock == "" {
+	switch lock {
+	case "":
 		return action
+	case acrpush.LockFailed:
+		return action + ", lock failed"
 	}
 	return action + ", " + lock
 }

@@ -323,3 +323,36 @@ func TestProgressOnlyOnTerminalAndTimeout(t *testing.T) {
 		t.Errorf("--timeout: %v after %s", err, time.Since(start))
 	}
 }
+
+// hostRewriter sends the requests for one host to a local server: a test can then push to an ACR
+// login server name.
+type hostRewriter struct{ from, to string }
+
+func (h hostRewriter) RoundTrip(r *http.Request) (*http.Response, error) {
+	if r.URL.Host == h.from {
+		r = r.Clone(r.Context())
+		r.URL.Scheme, r.URL.Host = "http", h.to
+	}
+	return http.DefaultTransport.RoundTrip(r)
+}
+
+// When the tags cannot be locked after everything was pushed, the table, the values overlay and
+// the summary still come out, and the run fails on one line.
+func TestLockFailureAfterThePush(t *testing.T) {
+	e := setup(t)
+	overlay := filepath.Join(t.TempDir(), "pinned.yaml")
+	out, errOut, err := run(t, func(o *PushOptions) { o.Transport = hostRewriter{"myacr.azurecr.io", e.dst} },
+		e.chart, "myacr.azurecr.io/rel", "--auth", "anonymous", "--lock", "--values-out", overlay)
+	if err == nil || !strings.Contains(err.Error(), "everything was pushed, but locking failed") || !strings.Contains(err.Error(), "--lock works with Azure Container Registry only") || strings.Contains(err.Error(), "\n") {
+		t.Fatalf("err = %v", err)
+	}
+	if strings.Count(out, "pushed, lock failed") != 2 {
+		t.Errorf("table:\n%s", out)
+	}
+	if _, err := os.Stat(overlay); err != nil {
+		t.Errorf("no values overlay: %v", err)
+	}
+	if !strings.Contains(errOut, "1 images pushed, 0 skipped, chart pushed, 0 tags locked, 0 already locked") {
+		t.Errorf("summary:\n%s", errOut)
+	}
+}

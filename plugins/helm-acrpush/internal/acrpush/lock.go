@@ -133,8 +133,9 @@ func tagAPIError(ref name.Tag, err error) error {
 	return fmt.Errorf("%s: %w", ref, registryError(ref.RegistryStr(), err))
 }
 
-// lockedWrite explains a write the registry refused because the tag or repository is locked
-// (ACR answers 405 REGISTRY_DISALLOWED_OPERATION); other errors are returned as they are.
+// lockedWrite explains a write ACR refused with 405 REGISTRY_DISALLOWED_OPERATION: a lock on the
+// tag or its repository, or (ACR's FAQ) a registry at its storage limit; other errors are
+// returned as they are.
 func lockedWrite(ref name.Reference, err error) error {
 	var te *transport.Error
 	if !errors.As(err, &te) || te.StatusCode != http.StatusMethodNotAllowed {
@@ -142,7 +143,7 @@ func lockedWrite(ref name.Reference, err error) error {
 	}
 	for _, d := range te.Errors {
 		if string(d.Code) == disallowedCode {
-			return fmt.Errorf("the registry refuses to change %s: it is locked (%s: writeEnabled=false on the tag or its repository); unlock it with 'az acr repository update --name %s --image %s --write-enabled true' (or --repository for a locked repository)",
+			return fmt.Errorf("the registry refuses to change %s (%s): the tag or its repository is locked, writeEnabled=false (unlock it with 'az acr repository update --name %s --image %s --write-enabled true', or --repository for the repository), or the registry is at its storage limit",
 				ref, disallowedCode, registryName(ref.Context().RegistryStr()), strings.TrimPrefix(ref.String(), ref.Context().RegistryStr()+"/"))
 		}
 	}

@@ -214,7 +214,7 @@ func TestPushLock(t *testing.T) {
 	t.Run("--force without --lock says the tag is locked", func(t *testing.T) {
 		_, err := Push(ctxT(t), chartDir, d, anonymous(), fastRetry(), Force)
 		var ce *CopyError
-		if !errors.As(err, &ce) || !strings.Contains(err.Error(), "it is locked (REGISTRY_DISALLOWED_OPERATION: writeEnabled=false on the tag or its repository); unlock it with 'az acr repository update --name "+dst.Host+" --image mirror/team/api:2.1 --write-enabled true'") {
+		if !errors.As(err, &ce) || !strings.Contains(err.Error(), "the tag or its repository is locked, writeEnabled=false (unlock it with 'az acr repository update --name "+dst.Host+" --image mirror/team/api:2.1 --write-enabled true'") {
 			t.Fatalf("err = %v", err)
 		}
 	})

@@ -8,6 +8,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/http"
+	"regexp"
 	"strconv"
 	"strings"
 	"sync"
@@ -172,6 +173,19 @@ func redactURL(req *http.Request) string {
 	return u.String()
 }
 
+// urlQuery matches the query of a URL inside a message (an error of net/http or
+// go-containerregistry quotes the request's URL whole).
+var urlQuery = regexp.MustCompile(`(https?://[^\s"'?]+)\?[^\s"']*?(:?)([\s"']|$)`)
+
+// RedactQueries drops the queries of the URLs in s: upload locations carry the registry's
+// session state, token requests their parameters, and neither belongs in a log or an error.
+func RedactQueries(s string) string {
+	if !strings.Contains(s, "?") {
+		return s
+	}
+	return urlQuery.ReplaceAllString(s, "$1$2$3")
+}
+
 // logger writes debug lines when enabled, each with the time since the push began. It never
 // receives headers or bodies.
 type logger struct {
@@ -186,7 +200,7 @@ func (l *logger) printf(format string, args ...any) {
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	fmt.Fprintf(l.w, "[%7.3fs] "+format+"\n", append([]any{time.Since(l.start).Seconds()}, args...)...)
+	_, _ = io.WriteString(l.w, RedactQueries(fmt.Sprintf("[%7.3fs] "+format+"\n", append([]any{time.Since(l.start).Seconds()}, args...)...)))
 }
 
 // stats counts requests by kind, for the report and the tests.

@@ -415,3 +415,15 @@ func TestEntraMessage(t *testing.T) {
 		t.Errorf("entraMessage(chain) = %q, want %q", got, want)
 	}
 }
+
+func TestRedactQueries(t *testing.T) {
+	for in, want := range map[string]string{
+		`Put "https://r.azurecr.io/v2/a/blobs/uploads/1?_nouploadcache=false&_state=c2VjcmV0&digest=sha256%3Aab": EOF`: `Put "https://r.azurecr.io/v2/a/blobs/uploads/1": EOF`,
+		"PUT http://127.0.0.1:5000/v2/a/manifests/1?x=y: UNAUTHORIZED; GET https://h/x?y":                              "PUT http://127.0.0.1:5000/v2/a/manifests/1: UNAUTHORIZED; GET https://h/x",
+		"what? nothing to hide": "what? nothing to hide",
+	} {
+		if got := RedactQueries(in); got != want {
+			t.Errorf("RedactQueries(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
