@@ -150,7 +150,7 @@ func TestACRPushLock(t *testing.T) {
 		}
 	}
 	r = e.acrpush(t, nil, chart, dst, "--auth", "azure", "--force")
-	if r.Code != 1 || !strings.Contains(r.Stderr, "it is locked (REGISTRY_DISALLOWED_OPERATION: writeEnabled=false on the tag or its repository); unlock it with 'az acr repository update --name "+e.acr+" --image "+prefix+"/"+ns+"/api:2.1 --write-enabled true'") {
+	if r.Code != 1 || !strings.Contains(r.Stderr, "the tag or its repository is locked, writeEnabled=false (unlock it with 'az acr repository update --name "+e.acr+" --image "+prefix+"/"+ns+"/api:2.1 --write-enabled true'") {
 		t.Errorf("--force without --lock (exit %d):\n%s%s", r.Code, r.Stdout, r.Stderr)
 	}
 	if got := e.digest(t, dst+"/"+ns+"/api:2.1"); got != im.apiD {
