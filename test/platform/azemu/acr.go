@@ -69,37 +69,42 @@ type entraClaims struct {
 	Nbf   int64    `json:"nbf"`
 }
 
+// registryClaims are the claims ACR's refresh and access tokens share.
+type registryClaims struct {
+	Jti       string   `json:"jti"`
+	Sub       string   `json:"sub"`
+	Nbf       int64    `json:"nbf"`
+	Exp       int64    `json:"exp"`
+	Iat       int64    `json:"iat"`
+	Iss       string   `json:"iss"`
+	Aud       audience `json:"aud"`
+	Version   string   `json:"version"`
+	GrantType string   `json:"grant_type"`
+	Tenant    string   `json:"tenant"`
+}
+
+// newRegistryClaims are the shared claims of a token this front issues now for sub, living ttl.
+func (a *acrFront) newRegistryClaims(sub, tenant, version string, ttl time.Duration) registryClaims {
+	now := a.now()
+	return registryClaims{
+		Jti: newUUID(), Sub: sub, Nbf: now.Unix(), Exp: now.Add(ttl).Unix(), Iat: now.Unix(), Iss: RegistryIssuer,
+		Aud: audience{a.loginServer}, Version: version, GrantType: "refresh_token", Tenant: tenant,
+	}
+}
+
 // refreshClaims are the claims of an ACR refresh token.
 type refreshClaims struct {
-	Jti         string         `json:"jti"`
-	Sub         string         `json:"sub"`
-	Nbf         int64          `json:"nbf"`
-	Exp         int64          `json:"exp"`
-	Iat         int64          `json:"iat"`
-	Iss         string         `json:"iss"`
-	Aud         audience       `json:"aud"`
-	Version     string         `json:"version"`
-	GrantType   string         `json:"grant_type"`
-	Tenant      string         `json:"tenant"`
+	registryClaims
 	Appid       string         `json:"appid,omitempty"`
 	Permissions map[string]any `json:"permissions"`
 }
 
 // accessClaims are the claims of a registry access token.
 type accessClaims struct {
-	Jti       string        `json:"jti"`
-	Sub       string        `json:"sub"`
-	Nbf       int64         `json:"nbf"`
-	Exp       int64         `json:"exp"`
-	Iat       int64         `json:"iat"`
-	Iss       string        `json:"iss"`
-	Aud       audience      `json:"aud"`
-	Version   string        `json:"version"`
-	GrantType string        `json:"grant_type"`
-	Tenant    string        `json:"tenant"`
-	Appid     string        `json:"appid"`
-	Access    []accessEntry `json:"access"`
-	Roles     []string      `json:"roles"`
+	registryClaims
+	Appid  string        `json:"appid"`
+	Access []accessEntry `json:"access"`
+	Roles  []string      `json:"roles"`
 }
 
 // allows reports whether the token grants action (or "*") on repository repo.
@@ -266,20 +271,10 @@ func (a *acrFront) exchange(w http.ResponseWriter, r *http.Request) {
 		writeACRError(w, http.StatusUnauthorized, "UNAUTHORIZED", "the access token is not valid: "+err.Error())
 		return
 	}
-	now := a.now()
 	rt := refreshClaims{
-		Jti:         newUUID(),
-		Sub:         claims.Oid,
-		Nbf:         now.Unix(),
-		Exp:         now.Add(acrRefreshLifetime).Unix(),
-		Iat:         now.Unix(),
-		Iss:         RegistryIssuer,
-		Aud:         audience{a.loginServer},
-		Version:     "1.0",
-		GrantType:   "refresh_token",
-		Tenant:      claims.Tid,
-		Appid:       claims.Appid,
-		Permissions: map[string]any{"actions": []string{"read", "write", "delete"}, "notActions": []string{}},
+		registryClaims: a.newRegistryClaims(claims.Oid, claims.Tid, "1.0", acrRefreshLifetime),
+		Appid:          claims.Appid,
+		Permissions:    map[string]any{"actions": []string{"read", "write", "delete"}, "notActions": []string{}},
 	}
 	tok, err := signJWT(a.refreshKey, jwtHeader{Kid: a.refreshKid}, rt)
 	if err != nil {
@@ -382,21 +377,11 @@ func (a *acrFront) token(w http.ResponseWriter, r *http.Request) {
 // issueAccessToken signs a registry access token for the principal (sub, tenant, appid) granting
 // access: what token answers, and what the front itself uses to look tags up in the registry.
 func (a *acrFront) issueAccessToken(sub, tenant, appid string, access []accessEntry) (string, error) {
-	now := a.now()
 	return signJWT(a.tokenKey, jwtHeader{Kid: a.tokenKid, X5c: a.tokenX5C}, accessClaims{
-		Jti:       newUUID(),
-		Sub:       sub,
-		Nbf:       now.Unix(),
-		Exp:       now.Add(acrAccessLifetime).Unix(),
-		Iat:       now.Unix(),
-		Iss:       RegistryIssuer,
-		Aud:       audience{a.loginServer},
-		Version:   "3.0",
-		GrantType: "refresh_token",
-		Tenant:    tenant,
-		Appid:     appid,
-		Access:    access,
-		Roles:     []string{},
+		registryClaims: a.newRegistryClaims(sub, tenant, "3.0", acrAccessLifetime),
+		Appid:          appid,
+		Access:         access,
+		Roles:          []string{},
 	})
 }
 
